@@ -1,0 +1,231 @@
+"""Configuration, charset mapping, logging and seeding shared by training, testing and tools."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent
+TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
+NULL_CHAR = '\u2591'
+
+
+class ConfigError(ValueError):
+    """A configuration file holds an unknown key or a value of the wrong type."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML loader that also reads the `!!python/tuple` tag official ABINet configs use."""
+
+
+_ConfigLoader.add_constructor('tag:yaml.org,2002:python/tuple',
+                              lambda loader, node: list(loader.construct_sequence(node)))
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML file safely (no arbitrary Python objects) into a dict."""
+    with open(path, encoding='utf-8') as f:
+        data = yaml.load(f, Loader=_ConfigLoader)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: top level must be a mapping, got {type(data).__name__}')
+    return data
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+    """Flatten nested dicts into joined keys: {'a': {'b': 1}} -> {'a_b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        joined = f'{prefix}_{key}' if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(_flatten(value, joined))
+        else:
+            flat[joined] = value
+    return flat
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    """Whether `value` may replace the template's `default` (None on either side accepts anything)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        return isinstance(value, list)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return isinstance(value, type(default))
+
+
+# Keys whose template default is a scalar but that also take a list (one value per output).
+_SCALAR_OR_LIST = {'model_vision_loss_weight'}
+
+
+class Config:
+    """A YAML config merged over `configs/template.yaml`, read by joined keys (`config.dataset_train_roots`)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, template: str | os.PathLike = TEMPLATE_PATH):
+        values = _flatten(load_yaml(template))
+        self.__dict__['_known'] = dict(values)
+        self.__dict__['_values'] = values
+        self.__dict__['path'] = str(path) if path is not None else None
+        if path is not None:
+            self.update(_flatten(load_yaml(path)), source=str(path))
+
+    def _nearest(self, key: str) -> str:
+        close = difflib.get_close_matches(key, list(self._known), n=1, cutoff=0.0)
+        return close[0] if close else '?'
+
+    def check(self, key: str, value: Any, source: str = 'config') -> None:
+        """Raise ConfigError unless `key` is known and `value` has the template's type."""
+        if key not in self._known:
+            raise ConfigError(f'{source}: unknown key {key!r} (did you mean {self._nearest(key)!r}?)')
+        default = self._known[key]
+        if key in _SCALAR_OR_LIST and isinstance(value, list):
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                return
+        if not _type_ok(default, value):
+            raise ConfigError(f'{source}: key {key!r} expects {type(default).__name__} '
+                              f'(like {default!r}), got {type(value).__name__} {value!r}')
+
+    def update(self, values: dict[str, Any], source: str = 'config') -> None:
+        """Set several joined keys at once, each checked against the template."""
+        for key, value in values.items():
+            self.check(key, value, source)
+        self._values.update(values)
+
+    def __getattr__(self, key: str) -> Any:
+        values = self.__dict__['_values']
+        if key in values:
+            return values[key]
+        raise AttributeError(f'unknown config key {key!r} (did you mean {self._nearest(key)!r}?)')
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.update({key: value}, source='setting')
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        """The joined keys and their values, sorted by key."""
+        return sorted(self._values.items())
+
+    def __repr__(self) -> str:
+        lines = [f'{k} = {v!r}' for k, v in self.items()]
+        return 'Config(\n  ' + '\n  '.join(lines) + '\n)'
+
+    @property
+    def workdir(self) -> Path:
+        """The run's work directory, `<global.workdir>/<global.name>`."""
+        return Path(self.global_workdir) / self.global_name
+
+
+class CharsetMapper:
+    """Maps text to class indices and back; class 0 is the null character (end and padding)."""
+
+    def __init__(self, charset_path: str | os.PathLike, max_length: int = 25):
+        self.path = str(charset_path)
+        self.max_length = max_length
+        self.null_char = NULL_CHAR
+        chars = [NULL_CHAR]
+        with open(charset_path, encoding='utf-8') as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip('\n')
+                if not line:
+                    continue
+                parts = line.split('\t')
+                if len(parts) != 2 or len(parts[1]) != 1:
+                    raise ValueError(f'{charset_path}:{lineno}: expected "<index>\\t<char>", got {line!r}')
+                index, char = int(parts[0]), parts[1]
+                if index != len(chars) - 1:
+                    raise ValueError(f'{charset_path}:{lineno}: index {index} out of order')
+                chars.append(char)
+        self.chars = chars
+        self.char_to_label = {c: i for i, c in enumerate(chars)}
+        self.num_classes = len(chars)
+        self.alphanumeric = all(c.isascii() and c.isalnum() for c in chars[1:])
+        self.has_upper = any(c.isupper() for c in chars[1:])
+
+    def clean(self, text: str, case_sensitive: bool = False) -> str:
+        """Normalise a label: lower-case unless case-sensitive; keep only [0-9a-zA-Z] for alphanumeric charsets."""
+        if not case_sensitive:
+            text = text.lower()
+        if self.alphanumeric:
+            text = ''.join(c for c in text if c.isascii() and c.isalnum())
+        if not self.has_upper:
+            text = text.lower()
+        return text
+
+    def is_valid(self, text: str) -> bool:
+        """Whether a cleaned label can be a target: 1..max_length characters, all in the charset."""
+        return 0 < len(text) <= self.max_length and all(c in self.char_to_label for c in text)
+
+    def encode(self, text: str, padded: bool = True) -> list[int]:
+        """Class indices of `text`, null-padded to max_length + 1 slots when `padded`."""
+        labels = [self.char_to_label[c] for c in text]
+        if padded:
+            labels += [0] * (self.max_length + 1 - len(labels))
+        return labels
+
+    def decode(self, labels: Iterable[int]) -> str:
+        """Text of class indices, cut at the first null."""
+        out = []
+        for label in labels:
+            label = int(label)
+            if label == 0:
+                break
+            out.append(self.chars[label])
+        return ''.join(out)
+
+    def onehot(self, text: str) -> tuple[torch.Tensor, int]:
+        """One-hot target (max_length + 1 x num_classes) and length (characters + 1) of a clean label."""
+        labels = torch.tensor(self.encode(text))
+        target = torch.zeros(self.max_length + 1, self.num_classes)
+        target[torch.arange(len(labels)), labels] = 1.0
+        return target, len(text) + 1
+
+
+def setup_logger(workdir: str | os.PathLike, phase: str, name: str = 'conclr') -> logging.Logger:
+    """Logger writing to stdout and `<workdir>/<phase>.txt` (train.txt or test.txt)."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter('[%(asctime)s %(levelname)s] %(message)s', datefmt='%Y-%m-%d %H:%M:%S')
+    for handler in (logging.StreamHandler(sys.stdout),
+                    logging.FileHandler(Path(workdir) / f'{phase}.txt', encoding='utf-8')):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+def get_logger(name: str = 'conclr') -> logging.Logger:
+    """The project logger (set up by `setup_logger`, silent otherwise)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def seed_everything(seed: int | None) -> None:
+    """Seed Python, NumPy and torch; do nothing for None."""
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
