@@ -1,0 +1,177 @@
+"""ConAug: context augmentation of a training batch (spec conclr.md section 1) and its fastai callback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.callback import Callback
+
+SIDES = ('fixed', 'batch', 'sample')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conaug(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, perm: torch.Tensor,
+           partner_left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One ConAug view: pair sample i with perm[i] side by side; return (images, labels, lengths, valid).
+
+    images N x 3 x H x W, labels N x T x C (one-hot or smoothed), lengths N (characters + 1), perm N partner
+    indices, partner_left N bool (True: [partner | original], False: [original | partner]).
+    The target holds the left word's characters, the right word's characters, then the right word's own end
+    and padding slots, so length = chars(left) + chars(right) + 1. A pair with more than T - 1 characters is
+    overlong: valid is False, its target holds the first T characters of the pair with no end slot (truncated)
+    and its length is clamped to T; callers must leave it out of every loss.
+    """
+    n, _, h, w = images.shape
+    t_slots = labels.shape[1]
+    device = images.device
+    perm = perm.to(device=device, dtype=torch.long)
+    partner_left = partner_left.to(device=device, dtype=torch.bool)
+    lengths = lengths.to(device)
+    own = torch.arange(n, device=device)
+    left_idx = torch.where(partner_left, perm, own)
+    right_idx = torch.where(partner_left, own, perm)
+
+    pair = torch.cat([images[left_idx], images[right_idx]], dim=3)
+    aug_images = F.interpolate(pair, size=(h, w), mode='bilinear', align_corners=False).contiguous()
+
+    chars = lengths.long() - 1
+    chars_left = chars[left_idx]
+    chars_right = chars[right_idx]
+    t = torch.arange(t_slots, device=device).unsqueeze(0)  # 1 x T
+    from_left = t < chars_left.unsqueeze(1)  # N x T
+    src_sample = torch.where(from_left, left_idx.unsqueeze(1), right_idx.unsqueeze(1))
+    src_slot = torch.where(from_left, t, t - chars_left.unsqueeze(1))  # always in [0, T)
+    aug_labels = labels.to(device)[src_sample, src_slot].contiguous()
+
+    total = chars_left + chars_right
+    valid = total <= t_slots - 1
+    aug_lengths = torch.clamp(total + 1, max=t_slots).to(lengths.dtype).contiguous()
+    return aug_images, aug_labels, aug_lengths, valid.contiguous()
+
+
+def _coins(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """Fair boolean coin flips of `shape` on the generator's device."""
+    gen_device = generator.device if generator is not None else 'cpu'
+    return torch.randint(0, 2, shape, generator=generator, device=gen_device).bool()
+
+
+def draw_conaug_params(n: int, side: str = 'fixed', generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw (perm1, left1, perm2, left2) for the two views of a batch of n; `side` is fixed | batch | sample."""
+    if side not in SIDES:
+        raise ValueError(f'unknown conaug side {side!r}; expected one of {", ".join(SIDES)}')
+    # Drawn on the generator's device (CPU by default) so a CPU generator also serves a GPU batch.
+    gen_device = generator.device if generator is not None else 'cpu'
+    perm1 = torch.randperm(n, generator=generator, device=gen_device)
+    perm2 = torch.randperm(n, generator=generator, device=gen_device)
+    if side == 'fixed':
+        left1 = torch.zeros(n, dtype=torch.bool, device=gen_device)
+        left2 = torch.ones(n, dtype=torch.bool, device=gen_device)
+    elif side == 'batch':
+        coins = _coins((2,), generator)
+        left1, left2 = coins[0].expand(n), coins[1].expand(n)
+    else:
+        left1, left2 = _coins((n,), generator), _coins((n,), generator)
+    device = torch.device(device) if device is not None else torch.device(gen_device)
+    return tuple(p.to(device).contiguous() for p in (perm1, left1, perm2, left2))
+
+
+def _denormalise(images: torch.Tensor) -> np.ndarray:
+    """N x 3 x H x W ImageNet-normalised tensor -> N x H x W x 3 uint8 RGB array."""
+    x = images.detach().float().cpu()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x * std + mean).clamp(0, 1) * 255
+    return x.round().byte().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def make_conaug_grid(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, texts0: Sequence[str],
+                     texts1: Sequence[str], texts2: Sequence[str], max_rows: int = 8) -> np.ndarray:
+    """H x W x 3 uint8 picture: one row per sample with original, view 1, view 2 and their target texts."""
+    rows = min(max_rows, images.shape[0])
+    h, w = images.shape[2:]
+    scale = max(1, 64 // h)
+    text_h, gap, min_w = 22, 4, 160
+    panel_w = max(w * scale, min_w)
+    panels = [_denormalise(v[:rows]) for v in (images, view1, view2)]
+    texts = [texts0, texts1, texts2]
+    cell_h = h * scale + text_h
+    grid = np.full((rows * (cell_h + gap) + gap, 3 * (panel_w + gap) + gap, 3), 255, dtype=np.uint8)
+    for r in range(rows):
+        top = gap + r * (cell_h + gap)
+        for c in range(3):
+            left = gap + c * (panel_w + gap)
+            img = cv2.resize(panels[c][r], (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+            grid[top:top + h * scale, left:left + w * scale] = img
+            cv2.putText(grid, str(texts[c][r]), (left, top + h * scale + text_h - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return grid
+
+
+class ConAugPretransform(Callback):
+    """Turns each training batch (x, (y, l)) into three views; evaluation batches pass through untouched.
+
+    fastai then calls model(x, x1, x2) and loss_func(output, y, l, y1, l1, v1, y2, l2, v2).
+    """
+
+    def __init__(self, side: str = 'fixed', charset: Any = None, test_conaug: bool = False,
+                 workdir: str | Path | None = None, writer: Any = None, grid_batches: int = 1):
+        if side not in SIDES:
+            raise ValueError(f'unknown conaug side {side!r}; expected one of {", ".join(SIDES)}')
+        if test_conaug and (charset is None or workdir is None):
+            raise ValueError('test_conaug needs a charset and a workdir to write the ConAug grid')
+        self.side = side
+        self.charset = charset
+        self.test_conaug = test_conaug
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.writer = writer
+        self.grid_batches = grid_batches
+        self.grids_written = 0
+        self._invalid = None  # 0-dim tensor; read through `invalid_rate` so no device sync per batch
+
+    @property
+    def invalid_rate(self) -> float:
+        """Fraction of invalid (overlong) pairs over both views of the last training batch."""
+        return float(self._invalid) if self._invalid is not None else 0.0
+
+    def on_batch_begin(self, last_input: Any, last_target: Any, train: bool, **kwargs: Any) -> dict | None:
+        """Replace a training batch by its three views; return None for evaluation batches."""
+        if not train:
+            return None
+        x = last_input
+        if isinstance(x, (list, tuple)):
+            if len(x) != 1:
+                raise ValueError(f'ConAug expects one input tensor, got {len(x)}')
+            x = x[0]
+        y, l = last_target[0], last_target[1]
+        perm1, left1, perm2, left2 = draw_conaug_params(x.shape[0], self.side, device=x.device)
+        x1, y1, l1, v1 = conaug(x, y, l, perm1, left1)
+        x2, y2, l2, v2 = conaug(x, y, l, perm2, left2)
+        self._invalid = (torch.cat([~v1, ~v2]).float().mean()).detach()
+        if self.test_conaug and self.grids_written < self.grid_batches:
+            self._write_grid(x, x1, x2, y, y1, y2, v1, v2)
+        return {'last_input': [x, x1, x2], 'last_target': (y, l, y1, l1, v1, y2, l2, v2)}
+
+    def _texts(self, labels: torch.Tensor, valid: torch.Tensor | None = None) -> list[str]:
+        """Decoded target texts of N x T x C labels, marking overlong pairs."""
+        indices = labels.detach().argmax(-1).cpu()
+        texts = [self.charset.decode(row.tolist()) for row in indices]
+        if valid is not None:
+            texts = [t if v else f'{t} [overlong]' for t, v in zip(texts, valid.cpu().tolist())]
+        return texts
+
+    def _write_grid(self, x, x1, x2, y, y1, y2, v1, v2) -> None:
+        k = self.grids_written
+        grid = make_conaug_grid(x, x1, x2, self._texts(y), self._texts(y1, v1), self._texts(y2, v2))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(self.workdir / f'conaug_grid_{k}.png'), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        if self.writer is not None:
+            self.writer.add_image('conaug/grid', grid, k, dataformats='HWC')
+        self.grids_written += 1

@@ -1,0 +1,102 @@
+"""Checkpoint files: atomic saving, safe loading (weights_only) and key-checked loading into a model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+# Keys a ConCLR checkpoint has beyond a plain ABINet-Vision model, and vice versa.
+HEAD_PREFIX = 'projection_head.'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, is unsafe, or does not fit the model."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, **extra: Any) -> Path:
+    """Write {'model', 'opt', **extra} to `path` atomically: a crash mid-save never leaves a broken file there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, 'module', model)
+    state = {'model': model.state_dict(), 'opt': opt.state_dict() if opt is not None else None, **extra}
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; refuse files that need pickle code execution."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path}: refused, loading it would execute pickled code ({first})') from None
+    except Exception as e:  # truncated or not a torch file at all
+        raise CheckpointError(f'{path}: not a readable checkpoint ({type(e).__name__}: {e})') from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path}: expected a dict, got {type(state).__name__}')
+    return state
+
+
+def model_state(state: dict[str, Any], path: str | os.PathLike = 'checkpoint') -> dict[str, torch.Tensor]:
+    """The vision state_dict inside a checkpoint: `model` entry (or a bare state_dict), `module.` and
+    full-ABINet `vision.` prefixes removed."""
+    weights = state.get('model', state)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f'{path}: no state_dict of tensors under "model"')
+    weights = {k.removeprefix('module.'): v for k, v in weights.items()}
+    if any(k.startswith('vision.') for k in weights):
+        weights = {k.removeprefix('vision.'): v for k, v in weights.items() if k.startswith('vision.')}
+    return weights
+
+
+def _summarise(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ', '.join(keys[:limit])
+    return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                 optional_prefixes: tuple[str, ...] = (HEAD_PREFIX,)) -> dict[str, Any]:
+    """Load a checkpoint's vision weights into `model`; returns the whole checkpoint dict.
+
+    Keys under `optional_prefixes` (the ConCLR projection head) may be missing or left over either way.
+    With `strict`, any other missing, unexpected or shape-mismatched key is an error listing them; without
+    it, only matching keys are loaded.
+    """
+    state = load_checkpoint(path)
+    weights = model_state(state, path)
+    target = getattr(model, 'module', model)
+    own = target.state_dict()
+
+    def optional(key: str) -> bool:
+        return key.startswith(optional_prefixes)
+
+    missing = [k for k in own if k not in weights and not optional(k)]
+    unexpected = [k for k in weights if k not in own and not optional(k)]
+    mismatched = [f'{k} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in weights if k in own and weights[k].shape != own[k].shape]
+    if strict and (missing or unexpected or mismatched):
+        parts = [f'{name}: {_summarise(keys)}' for name, keys in
+                 (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
+        raise CheckpointError(f'{path} does not fit the model; ' + '; '.join(parts))
+    loadable = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+    target.load_state_dict(loadable, strict=False)
+    return state

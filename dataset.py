@@ -1,0 +1,271 @@
+"""Word-image datasets read from ABINet/clovaai-layout LMDBs (`num-samples`, `image-%09d`, `label-%09d`, 1-based)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import lmdb
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from transforms import TrainAugment
+from utils import CharsetMapper, get_logger
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+MAX_REPLACE_TRIES = 100
+WARN_FIRST = 5  # replaced samples reported one by one before switching to periodic counts
+WARN_EVERY = 1000
+
+
+class DatasetError(RuntimeError):
+    """An LMDB cannot be used: missing, not an LMDB, empty, truncated or holding a corrupt sample."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The LMDB folder does not exist."""
+
+
+# lmdb refuses to open one environment twice in a process, and an environment must not be used across a
+# fork: one environment per (process, real path), opened lazily in whichever process reads.
+_ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+
+
+def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
+    """The read-only, lock-free environment of `path` for this process (opened once, then shared)."""
+    real = os.path.realpath(path)
+    key = (os.getpid(), real)
+    env = _ENVS.get(key)
+    if env is not None:
+        return env
+    if not os.path.exists(real):
+        raise DatasetNotFoundError(f'LMDB not found: {path}')
+    data_file = os.path.join(real, 'data.mdb')
+    if not os.path.isdir(real) or not os.path.isfile(data_file):
+        raise DatasetError(f'not an LMDB folder (no data.mdb): {path}')
+    try:
+        env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
+    except lmdb.Error as e:
+        raise DatasetError(f'cannot open LMDB {path}: {e}') from e
+    # Reading a page past the end of a truncated file kills the process (SIGBUS), so check the size first.
+    needed = (env.info()['last_pgno'] + 1) * env.stat()['psize']
+    actual = os.path.getsize(data_file)
+    if actual < needed:
+        env.close()
+        raise DatasetError(f'truncated LMDB {path}: data.mdb has {actual} bytes, its header needs {needed}')
+    _ENVS[key] = env
+    return env
+
+
+def close_lmdb(path: str | os.PathLike) -> None:
+    """Close and forget this process's environment of `path` (e.g. before rewriting that LMDB)."""
+    env = _ENVS.pop((os.getpid(), os.path.realpath(path)), None)
+    if env is not None:
+        env.close()
+
+
+def decode_image(data: bytes | None) -> np.ndarray | None:
+    """Encoded bytes -> H x W x 3 uint8 RGB (greyscale and RGBA converted), or None when undecodable."""
+    if not data:
+        return None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if img is None or img.size == 0:
+        return None
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def resize_keep_ratio(img: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
+    """Resize to height `img_h` keeping the aspect ratio (width capped at `img_w`), then pad right with black."""
+    h, w = img.shape[:2]
+    new_w = int(min(img_w, max(1, round(img_h * w / h))))
+    img = cv2.resize(img, (new_w, img_h), interpolation=cv2.INTER_LINEAR)
+    if new_w < img_w:
+        img = cv2.copyMakeBorder(img, 0, 0, 0, img_w - new_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return img
+
+
+def to_normalized_tensor(img: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 RGB -> contiguous 3 x H x W float32, scaled to 0..1 and ImageNet-normalised."""
+    tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    return ((tensor - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
+
+
+def smooth_onehot(onehot: torch.Tensor, factor: float) -> torch.Tensor:
+    """Label smoothing: (1 - factor) * onehot + factor / num_classes."""
+    return (1.0 - factor) * onehot + factor / onehot.shape[-1]
+
+
+class ImageDataset(Dataset):
+    """One LMDB of word images; test mode keeps a fixed order, training mode replaces bad samples."""
+
+    def __init__(self, path: str | os.PathLike, charset: CharsetMapper, is_training: bool, img_h: int = 32,
+                 img_w: int = 128, data_aug: bool = True, case_sensitive: bool = False, multiscales: bool = False,
+                 smooth_label: bool = False, smooth_factor: float = 0.1, seed: int | None = None):
+        self.path = str(path)
+        self.name = Path(os.path.normpath(self.path)).name
+        self.charset = charset
+        self.is_training = is_training
+        self.img_h, self.img_w = img_h, img_w
+        self.data_aug = data_aug
+        self.case_sensitive = case_sensitive
+        self.multiscales = multiscales
+        self.smooth_label = smooth_label
+        self.smooth_factor = smooth_factor
+        self.seed = seed
+        self.augment = TrainAugment() if is_training and data_aug else None
+        self._draws = 0  # per-process counter mixed into the augmentation seed
+        self._num_replaced = multiprocessing.Value('q', 0)  # shared with forked DataLoader workers
+
+        with open_lmdb(self.path).begin() as txn:
+            self.num_samples = self._read_count(txn)
+            if is_training:
+                self.indices: list[int] | None = None
+                self.texts: list[str] | None = None
+                self.num_left_out = 0
+            else:
+                self.indices, self.texts = [], []
+                for index in range(1, self.num_samples + 1):
+                    text = self._clean_label(self._get(txn, f'label-{index:09d}'))
+                    if text is not None:
+                        self.indices.append(index)
+                        self.texts.append(text)
+                self.num_left_out = self.num_samples - len(self.indices)
+                if not self.indices:
+                    raise DatasetError(f'no usable label among the {self.num_samples} samples of {self.path}')
+
+    def _get(self, txn: lmdb.Transaction, key: str) -> bytes | None:
+        try:
+            return txn.get(key.encode())
+        except lmdb.Error as e:
+            raise DatasetError(f'corrupt LMDB {self.path}: reading {key} failed: {e}') from e
+
+    def _read_count(self, txn: lmdb.Transaction) -> int:
+        raw = self._get(txn, 'num-samples')
+        try:
+            count = int(raw.decode()) if raw is not None else None
+        except (UnicodeDecodeError, ValueError):
+            count = None
+        if count is None:
+            raise DatasetError(f'not an ABINet LMDB (no valid num-samples): {self.path}')
+        if count <= 0:
+            raise DatasetError(f'empty LMDB (num-samples is {count}): {self.path}')
+        return count
+
+    def _clean_label(self, raw: bytes | None) -> str | None:
+        """The cleaned label, or None when it is missing, not UTF-8 or not a valid target."""
+        if raw is None:
+            return None
+        try:
+            text = raw.decode('utf-8')
+        except UnicodeDecodeError:
+            return None
+        text = self.charset.clean(text, self.case_sensitive)
+        return text if self.charset.is_valid(text) else None
+
+    def __len__(self) -> int:
+        return self.num_samples if self.is_training else len(self.indices)
+
+    def lmdb_index(self, i: int) -> int:
+        """The 1-based LMDB index of dataset position `i`."""
+        if not 0 <= i < len(self):
+            raise IndexError(f'index {i} out of range for {self.path} ({len(self)} samples)')
+        return i + 1 if self.is_training else self.indices[i]
+
+    def label(self, i: int) -> str | None:
+        """The cleaned text of dataset position `i` (None in training mode when the label is unusable)."""
+        if not self.is_training:
+            return self.texts[i]
+        index = self.lmdb_index(i)
+        with open_lmdb(self.path).begin() as txn:
+            return self._clean_label(self._get(txn, f'label-{index:09d}'))
+
+    labels = label
+
+    @property
+    def num_replaced(self) -> int:
+        """Samples replaced so far because of a corrupt image or unusable label (all worker processes)."""
+        return self._num_replaced.value
+
+    def _rng(self, i: int) -> np.random.Generator:
+        # torch.initial_seed() differs per DataLoader worker and per epoch; the counter differs per draw.
+        self._draws += 1
+        entropy = [torch.initial_seed(), self._draws, i]
+        if self.seed is not None:
+            entropy.append(self.seed % 2**63)
+        return np.random.default_rng(entropy)
+
+    def _report_replaced(self, index: int, reason: str) -> None:
+        with self._num_replaced.get_lock():
+            self._num_replaced.value += 1
+            count = self._num_replaced.value
+        logger = get_logger()
+        if count <= WARN_FIRST:
+            logger.warning(f'{self.path}: sample {index} replaced by a random one ({reason})')
+        elif count % WARN_EVERY == 0:
+            logger.warning(f'{self.path}: {count} samples replaced so far (corrupt image or unusable label)')
+
+    def _load(self, index: int) -> tuple[np.ndarray | None, str | None]:
+        with open_lmdb(self.path).begin() as txn:
+            text = self._clean_label(self._get(txn, f'label-{index:09d}'))
+            img = decode_image(self._get(txn, f'image-{index:09d}'))
+        return img, text
+
+    def _preprocess(self, img: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+        if self.augment is not None and rng is not None:
+            img = self.augment(img, rng)
+        if self.multiscales:
+            img = resize_keep_ratio(img, self.img_h, self.img_w)
+        else:
+            img = cv2.resize(img, (self.img_w, self.img_h), interpolation=cv2.INTER_LINEAR)
+        return to_normalized_tensor(img)
+
+    def _target(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        onehot, length = self.charset.onehot(text)
+        if self.smooth_label:
+            onehot = smooth_onehot(onehot, self.smooth_factor)
+        return onehot.float().contiguous(), torch.tensor(length, dtype=torch.long)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        index = self.lmdb_index(i)
+        if not self.is_training:
+            with open_lmdb(self.path).begin() as txn:
+                img = decode_image(self._get(txn, f'image-{index:09d}'))
+            if img is None:
+                raise DatasetError(f'{self.path}: image {index} (image-{index:09d}) cannot be decoded')
+            return self._preprocess(img, None), self._target(self.texts[i])
+        rng = self._rng(i)
+        for _ in range(MAX_REPLACE_TRIES):
+            img, text = self._load(index)
+            if img is not None and text is not None:
+                return self._preprocess(img, rng), self._target(text)
+            self._report_replaced(index, 'undecodable image' if img is None else 'unusable label')
+            index = int(rng.integers(1, self.num_samples + 1))
+        raise DatasetError(f'{self.path}: {MAX_REPLACE_TRIES} samples in a row were unusable')
+
+    def __repr__(self) -> str:
+        mode = 'train' if self.is_training else 'test'
+        return f'{type(self).__name__}({self.path!r}, {mode}, {len(self)} samples)'
+
+
+def get_dataset(roots: Sequence[str | os.PathLike], charset: CharsetMapper, is_training: bool,
+                **kwargs: Any) -> ConcatDataset | dict[str, ImageDataset]:
+    """Training: one ConcatDataset of every root. Test: {root folder name: ImageDataset}, in the given order."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    if not roots:
+        raise DatasetError('no dataset roots given')
+    datasets = [ImageDataset(root, charset, is_training, **kwargs) for root in roots]
+    if is_training:
+        return ConcatDataset(datasets)
+    named: dict[str, ImageDataset] = {}
+    for ds in datasets:
+        if ds.name in named:
+            raise DatasetError(f'two test roots share the name {ds.name!r}: {named[ds.name].path}, {ds.path}')
+        named[ds.name] = ds
+    return named

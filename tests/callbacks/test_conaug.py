@@ -1,0 +1,279 @@
+"""ConAug: hand-made targets, a per-sample loop reference, parameter drawing and the fastai callback."""
+
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+import torch.nn.functional as F
+from fastai.basic_train import loss_batch
+from fastai.callback import CallbackHandler
+
+from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params, make_conaug_grid
+from utils import CharsetMapper
+
+REPO = Path(__file__).resolve().parents[2]
+T, C = 6, 5  # max_length 5, classes: 0 null + 4 characters
+
+
+def onehot(words):
+    """N x T x C one-hot targets and lengths of words given as lists of class indices."""
+    y = torch.zeros(len(words), T, C)
+    for i, w in enumerate(words):
+        seq = list(w) + [0] * (T - len(w))
+        y[i, torch.arange(T), torch.tensor(seq)] = 1.0
+    return y, torch.tensor([len(w) + 1 for w in words])
+
+
+def indices(y):
+    return y.argmax(-1).tolist()
+
+
+WORDS = [[1, 2], [3], [4, 1, 2]]  # "ab", "c", "dab"
+
+
+def images_of(n, h=4, w=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g)
+
+
+def test_hand_made_original_then_partner():
+    y, l = onehot(WORDS)
+    perm = torch.tensor([1, 2, 0])
+    left = torch.tensor([False, False, False])
+    _, y1, l1, v1 = conaug(images_of(3), y, l, perm, left)
+    assert indices(y1) == [[1, 2, 3, 0, 0, 0],   # ab + c
+                           [3, 4, 1, 2, 0, 0],   # c + dab
+                           [4, 1, 2, 1, 2, 0]]   # dab + ab: 5 chars = max_length, still valid
+    assert l1.tolist() == [4, 5, 6]
+    assert v1.tolist() == [True, True, True]
+
+
+def test_hand_made_partner_then_original():
+    y, l = onehot(WORDS)
+    perm = torch.tensor([2, 0, 1])
+    left = torch.tensor([True, True, True])
+    _, y2, l2, v2 = conaug(images_of(3), y, l, perm, left)
+    assert indices(y2) == [[4, 1, 2, 1, 2, 0],   # dab + ab
+                           [1, 2, 3, 0, 0, 0],   # ab + c
+                           [3, 4, 1, 2, 0, 0]]   # c + dab
+    assert l2.tolist() == [6, 4, 5]
+    assert v2.tolist() == [True, True, True]
+
+
+def test_hand_made_mixed_sides_and_self_pair():
+    y, l = onehot(WORDS)
+    perm = torch.tensor([0, 2, 1])
+    left = torch.tensor([False, True, False])
+    _, y1, l1, v1 = conaug(images_of(3), y, l, perm, left)
+    assert indices(y1) == [[1, 2, 1, 2, 0, 0],   # ab + ab (paired with itself)
+                           [4, 1, 2, 3, 0, 0],   # partner dab on the left of c
+                           [4, 1, 2, 3, 0, 0]]   # dab + partner c on the right
+    assert l1.tolist() == [5, 5, 5]
+
+
+def test_overlong_pairs_are_invalid_and_clamped():
+    words = [[1, 2, 3, 4], [4, 3], [1]]
+    y, l = onehot(words)
+    perm = torch.tensor([1, 0, 2])
+    left = torch.tensor([False, False, True])
+    _, y1, l1, v1 = conaug(images_of(3), y, l, perm, left)
+    assert v1.tolist() == [False, False, True]  # 6 chars > max_length 5 for the first two
+    assert l1.tolist() == [T, T, 3]
+    # truncated targets: the first T characters of the pair, no end slot
+    assert indices(y1) == [[1, 2, 3, 4, 4, 3], [4, 3, 1, 2, 3, 4], [1, 1, 0, 0, 0, 0]]
+
+
+def test_image_is_side_by_side_at_half_width():
+    x = images_of(3)
+    y, l = onehot(WORDS)
+    perm = torch.tensor([2, 0, 1])
+    left = torch.tensor([False, True, False])
+    x1, *_ = conaug(x, y, l, perm, left)
+    # Halving the width with bilinear, align_corners=False, averages each pair of neighbouring columns.
+    for i, (a, b) in enumerate([(0, 2), (0, 1), (2, 1)]):
+        pair = torch.cat([x[a], x[b]], dim=2)
+        expected = 0.5 * (pair[..., 0::2] + pair[..., 1::2])
+        torch.testing.assert_close(x1[i], expected)
+
+
+def conaug_loop(images, labels, lengths, perm, partner_left):
+    """Per-sample reference written independently of the vectorised version."""
+    n, _, h, w = images.shape
+    t_slots = labels.shape[1]
+    out_x, out_y, out_l, out_v = [], [], [], []
+    for i in range(n):
+        j = int(perm[i])
+        a, b = (j, i) if bool(partner_left[i]) else (i, j)
+        pair = torch.cat([images[a], images[b]], dim=2).unsqueeze(0)
+        out_x.append(F.interpolate(pair, size=(h, w), mode='bilinear', align_corners=False)[0])
+        ca, cb = int(lengths[a]) - 1, int(lengths[b]) - 1
+        rows = [labels[a, t] for t in range(ca)] + [labels[b, t] for t in range(t_slots)]
+        out_y.append(torch.stack(rows[:t_slots]))
+        out_l.append(min(ca + cb + 1, t_slots))
+        out_v.append(ca + cb <= t_slots - 1)
+    return torch.stack(out_x), torch.stack(out_y), torch.tensor(out_l), torch.tensor(out_v)
+
+
+@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('side', ['fixed', 'batch', 'sample'])
+def test_matches_loop_reference_on_random_inputs(seed, side):
+    g = torch.Generator().manual_seed(seed)
+    n, t_slots, c = 7, 8, 6
+    x = torch.randn(n, 3, 5, 9, generator=g)
+    lengths = torch.randint(2, t_slots + 1, (n,), generator=g)
+    y = torch.rand(n, t_slots, c, generator=g)  # soft, smoothed-like targets: every slot differs
+    perm1, left1, perm2, left2 = draw_conaug_params(n, side, generator=g)
+    for perm, left in ((perm1, left1), (perm2, left2)):
+        x_ref, y_ref, l_ref, v_ref = conaug_loop(x, y, lengths, perm, left)
+        x_out, y_out, l_out, v_out = conaug(x, y, lengths, perm, left)
+        torch.testing.assert_close(x_out, x_ref)
+        torch.testing.assert_close(y_out, y_ref, rtol=0, atol=0)
+        assert l_out.tolist() == l_ref.tolist() and l_out.dtype == lengths.dtype
+        assert v_out.tolist() == v_ref.tolist()
+        assert all(t.is_contiguous() for t in (x_out, y_out, l_out, v_out))
+
+
+def test_inputs_are_not_modified():
+    x = images_of(3)
+    y, l = onehot(WORDS)
+    perm, left = torch.tensor([1, 2, 0]), torch.tensor([True, False, True])
+    clones = [t.clone() for t in (x, y, l, perm, left)]
+    outs = conaug(x, y, l, perm, left)
+    for t in outs:
+        t.add_(1) if t.dtype != torch.bool else t.logical_not_()
+    for original, clone in zip((x, y, l, perm, left), clones):
+        assert torch.equal(original, clone)
+
+
+def is_permutation(p, n):
+    return sorted(p.tolist()) == list(range(n))
+
+
+def test_draw_params_fixed():
+    perm1, left1, perm2, left2 = draw_conaug_params(9, 'fixed', generator=torch.Generator().manual_seed(0))
+    assert is_permutation(perm1, 9) and is_permutation(perm2, 9)
+    assert not left1.any() and left2.all()
+    assert left1.shape == left2.shape == (9,) and left1.dtype == torch.bool
+
+
+def test_draw_params_batch_one_coin_per_view():
+    g = torch.Generator().manual_seed(1)
+    seen = set()
+    for _ in range(40):
+        perm1, left1, perm2, left2 = draw_conaug_params(6, 'batch', generator=g)
+        assert is_permutation(perm1, 6) and is_permutation(perm2, 6)
+        assert left1.shape == (6,) and left1.dtype == torch.bool
+        assert len(set(left1.tolist())) == 1 and len(set(left2.tolist())) == 1
+        seen.add((bool(left1[0]), bool(left2[0])))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}  # independent per view
+
+
+def test_draw_params_sample_one_coin_per_sample():
+    g = torch.Generator().manual_seed(2)
+    perm1, left1, perm2, left2 = draw_conaug_params(64, 'sample', generator=g)
+    assert is_permutation(perm1, 64) and is_permutation(perm2, 64)
+    assert 0 < int(left1.sum()) < 64 and 0 < int(left2.sum()) < 64
+    assert not torch.equal(left1, left2)
+
+
+def test_draw_params_two_permutations_differ_and_follow_device():
+    perm1, _, perm2, _ = draw_conaug_params(32, 'fixed', generator=torch.Generator().manual_seed(3), device='cpu')
+    assert not torch.equal(perm1, perm2)
+    assert perm1.device.type == 'cpu' and perm1.dtype == torch.long
+
+
+def test_draw_params_unknown_side():
+    with pytest.raises(ValueError, match=r"'left'.*fixed.*batch.*sample"):
+        draw_conaug_params(4, 'left')
+
+
+def test_callback_leaves_evaluation_batches_alone():
+    cb = ConAugPretransform()
+    y, l = onehot(WORDS)
+    assert cb.on_batch_begin(last_input=images_of(3), last_target=(y, l), train=False) is None
+
+
+def test_callback_returns_three_views_in_order():
+    cb = ConAugPretransform(side='sample')
+    x = images_of(3)
+    y, l = onehot([[1, 2, 3, 4], [4, 3], [1]])
+    torch.manual_seed(5)
+    out = cb.on_batch_begin(last_input=x, last_target=[y, l], train=True)
+    torch.manual_seed(5)
+    perm1, left1, perm2, left2 = draw_conaug_params(3, 'sample')
+    assert set(out) == {'last_input', 'last_target'}
+    x0, x1, x2 = out['last_input']
+    assert x0 is x
+    yy, ll, y1, l1, v1, y2, l2, v2 = out['last_target']
+    assert yy is y and ll is l
+    for got, want in zip((x1, y1, l1, v1), conaug(x, y, l, perm1, left1)):
+        assert torch.equal(got, want)
+    for got, want in zip((x2, y2, l2, v2), conaug(x, y, l, perm2, left2)):
+        assert torch.equal(got, want)
+    n_invalid = int((~v1).sum() + (~v2).sum())
+    assert cb.invalid_rate == pytest.approx(n_invalid / 6)
+
+
+def test_callback_through_fastai_handler():
+    """fastai's CallbackHandler feeds the dict back: model(x, x1, x2) and loss(out, y, l, y1, l1, v1, y2, l2, v2)."""
+    seen = {}
+
+    class Model(torch.nn.Module):
+        def forward(self, *xs):
+            seen['inputs'] = xs
+            return xs[0].sum()
+
+    def loss_func(out, *targets):
+        seen['targets'] = targets
+        return out
+
+    handler = CallbackHandler([ConAugPretransform()])
+    handler.state_dict.update(dict(epoch=0, iteration=0, num_batch=0))
+    y, l = onehot(WORDS)
+    xb, yb = handler.on_batch_begin(images_of(3), [y, l], train=True)
+    loss_batch(Model(), xb, yb, loss_func, cb_handler=handler)
+    assert len(seen['inputs']) == 3 and all(t.shape == (3, 3, 4, 6) for t in seen['inputs'])
+    assert len(seen['targets']) == 8
+    assert [t.dtype for t in seen['targets']][4] == torch.bool
+
+    xb, yb = handler.on_batch_begin(images_of(3), [y, l], train=False)
+    loss_batch(Model(), xb, yb, loss_func, cb_handler=handler)
+    assert len(seen['inputs']) == 1 and len(seen['targets']) == 2
+
+
+def test_grid_png_written(tmp_path):
+    charset = CharsetMapper(REPO / 'data' / 'charset_36.txt', max_length=5)
+    texts = ['ab', 'cde', 'x9']
+    pairs = [charset.onehot(t) for t in texts]
+    y = torch.stack([p[0] for p in pairs])
+    l = torch.tensor([p[1] for p in pairs])
+    calls = []
+
+    class Writer:
+        def add_image(self, tag, img, step, dataformats):
+            calls.append((tag, img.shape, step, dataformats))
+
+    cb = ConAugPretransform(charset=charset, test_conaug=True, workdir=tmp_path, writer=Writer(), grid_batches=1)
+    x = images_of(3, h=8, w=32)
+    cb.on_batch_begin(last_input=x, last_target=(y, l), train=True)
+    cb.on_batch_begin(last_input=x, last_target=(y, l), train=True)
+    png = cv2.imread(str(tmp_path / 'conaug_grid_0.png'))
+    assert png is not None and png.ndim == 3 and png.shape[2] == 3
+    assert not (tmp_path / 'conaug_grid_1.png').exists()
+    assert len(calls) == 1 and calls[0][0] == 'conaug/grid' and calls[0][2] == 0 and calls[0][3] == 'HWC'
+    assert calls[0][1] == png.shape
+
+
+def test_make_grid_shape_and_denormalisation():
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    white = ((torch.ones(2, 3, 16, 40) - mean) / std)
+    black = ((torch.zeros(2, 3, 16, 40) - mean) / std)
+    grid = make_conaug_grid(black, white, black, ['a', 'b'], ['c', 'd'], ['e', 'f'], max_rows=1)
+    assert grid.dtype.name == 'uint8' and grid.ndim == 3 and grid.shape[2] == 3
+    black_pixels = int((grid.max(axis=2) == 0).sum())
+    assert black_pixels >= 2 * 16 * 40  # the two denormalised black images come out pure black
+    assert int((grid.min(axis=2) == 255).sum()) >= 16 * 40  # and the white one pure white
+    # one row only: the picture is shorter than two rows of 16-pixel images
+    assert grid.shape[0] < 2 * 16 * max(1, 64 // 16)

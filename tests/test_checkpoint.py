@@ -1,0 +1,237 @@
+"""Checkpoints: atomic saving, weights_only loading, key-checked loading of ABINet and ConCLR files."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import checkpoint
+from checkpoint import CheckpointError, load_checkpoint, load_weights, model_state, save_checkpoint
+from modules.model_conclr import ConCLR_Vision
+from modules.model_vision import BaseVision
+from utils import Config
+
+REPO = Path(__file__).resolve().parents[1]
+VISION = {'resnet_widths': [4, 8, 8, 16, 16], 'resnet_layers': [1, 1, 1, 1, 1], 'd_model': 16, 'nhead': 2,
+          'd_inner': 32, 'backbone_ln': 1, 'attention_channels': 8}
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    tree = {'dataset': {'max_length': 5, 'charset_path': str(REPO / 'data' / 'charset_36.txt')},
+            'model': {'vision': VISION, 'projection': {'channels': 8}}}
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(tree))
+    return Config(path)
+
+
+def fresh(cls, config, seed):
+    torch.manual_seed(seed)
+    return cls(config)
+
+
+def assert_loaded(model: torch.nn.Module, weights: dict[str, torch.Tensor], skip: str = 'projection_head.') -> None:
+    sd = model.state_dict()
+    for key, value in weights.items():
+        if not key.startswith(skip):
+            assert torch.equal(sd[key], value), key
+
+
+def test_round_trip_with_weights_only(tmp_path, config):
+    model = fresh(BaseVision, config, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    path = save_checkpoint(tmp_path / 'sub' / 'a.pth', model, opt, iteration=7)
+    assert path == tmp_path / 'sub' / 'a.pth' and path.is_file()
+    raw = torch.load(path, weights_only=True)  # readable by the safe loader as saved
+    assert set(raw) == {'model', 'opt', 'iteration'} and raw['iteration'] == 7
+    state = load_checkpoint(path)
+    assert list(state['model']) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(state['model'][key], value), key
+    assert state['opt']['param_groups'][0]['lr'] == 1e-4
+    assert [p.name for p in path.parent.iterdir()] == ['a.pth']  # no temp file left behind
+
+
+def test_fresh_checkpoint_loads_strictly(tmp_path, config):
+    src = fresh(BaseVision, config, 0)
+    path = save_checkpoint(tmp_path / 'a.pth', src)
+    dst = fresh(BaseVision, config, 1)
+    assert not torch.equal(dst.cls.weight, src.cls.weight)
+    state = load_weights(dst, path, strict=True)
+    assert 'model' in state
+    assert_loaded(dst, src.state_dict())
+
+
+def official_optimizer_state(model: torch.nn.Module) -> dict:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    return opt.state_dict()
+
+
+def test_official_style_checkpoint(tmp_path, config):
+    src = fresh(BaseVision, config, 0)
+    opt_state = official_optimizer_state(src)
+    path = tmp_path / 'best-pretrain-vision-model.pth'
+    torch.save({'model': src.state_dict(), 'opt': opt_state}, path)
+    dst = fresh(BaseVision, config, 1)
+    state = load_weights(dst, path, strict=True)
+    assert_loaded(dst, src.state_dict())
+    assert len(state['opt']['state']) == len(list(src.parameters()))
+
+
+def test_full_abinet_checkpoint_with_prefixes(tmp_path, config):
+    src = fresh(BaseVision, config, 0)
+    weights = {f'vision.{k}': v for k, v in src.state_dict().items()}
+    weights['language.proj.weight'] = torch.randn(4, 4)
+    weights['language.model.layers.0.linear1.bias'] = torch.randn(4)
+    weights['alignment.w_att.weight'] = torch.randn(4, 8)
+    path = tmp_path / 'abinet.pth'
+    torch.save({'model': weights, 'opt': None}, path)
+    dst = fresh(BaseVision, config, 1)
+    load_weights(dst, path, strict=True)
+    assert_loaded(dst, src.state_dict())
+
+
+def test_data_parallel_prefix_is_removed(tmp_path, config):
+    src = fresh(BaseVision, config, 0)
+    path = tmp_path / 'dp.pth'
+    torch.save({'model': {f'module.{k}': v for k, v in src.state_dict().items()}}, path)
+    dst = fresh(BaseVision, config, 1)
+    load_weights(dst, path)
+    assert_loaded(dst, src.state_dict())
+
+
+def test_conclr_checkpoint_into_base_vision_and_back(tmp_path, config):
+    conclr = fresh(ConCLR_Vision, config, 0)
+    path = save_checkpoint(tmp_path / 'conclr.pth', conclr)
+    base = fresh(BaseVision, config, 1)
+    load_weights(base, path, strict=True)  # projection_head.* left over: allowed
+    assert_loaded(base, conclr.state_dict())
+
+    base_path = save_checkpoint(tmp_path / 'base.pth', base)
+    target = fresh(ConCLR_Vision, config, 2)
+    head_before = {k: v.clone() for k, v in target.state_dict().items() if k.startswith('projection_head.')}
+    load_weights(target, base_path, strict=True)  # head missing: starts fresh
+    assert_loaded(target, base.state_dict())
+    for key, value in head_before.items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_shape_mismatch_raises_and_names_the_key(tmp_path, config):
+    weights = fresh(BaseVision, config, 0).state_dict()
+    weights['cls.weight'] = torch.randn(40, 16)
+    path = tmp_path / 'bad.pth'
+    torch.save({'model': weights}, path)
+    dst = fresh(BaseVision, config, 1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match='cls.weight') as info:
+        load_weights(dst, path, strict=True)
+    assert 'shape' in str(info.value)
+    for key, value in dst.state_dict().items():  # nothing loaded on failure
+        assert torch.equal(value, before[key]), key
+
+
+def test_missing_and_unexpected_keys_raise(tmp_path, config):
+    weights = fresh(BaseVision, config, 0).state_dict()
+    del weights['attention.project.weight']
+    weights['decoder.extra.weight'] = torch.zeros(2)
+    path = tmp_path / 'bad.pth'
+    torch.save({'model': weights}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(fresh(BaseVision, config, 1), path, strict=True)
+    message = str(info.value)
+    assert 'missing' in message and 'attention.project.weight' in message
+    assert 'unexpected' in message and 'decoder.extra.weight' in message
+
+
+def test_non_strict_loads_only_what_fits(tmp_path, config):
+    src = fresh(BaseVision, config, 0)
+    weights = src.state_dict()
+    weights['cls.weight'] = torch.randn(40, 16)
+    del weights['cls.bias']
+    weights['decoder.extra.weight'] = torch.zeros(2)
+    path = tmp_path / 'partial.pth'
+    torch.save({'model': weights}, path)
+    dst = fresh(BaseVision, config, 1)
+    cls_before = dst.cls.weight.detach().clone(), dst.cls.bias.detach().clone()
+    load_weights(dst, path, strict=False)
+    assert torch.equal(dst.cls.weight, cls_before[0]) and torch.equal(dst.cls.bias, cls_before[1])
+    assert_loaded(dst, {k: v for k, v in src.state_dict().items() if not k.startswith('cls.')})
+
+
+class Planted:
+    """Unpickling this calls open(marker, 'w'): harmless, but code execution that leaves a visible trace."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, 'w')
+
+
+def test_planted_payload_would_run_without_weights_only(tmp_path):
+    """Sanity check of the payload itself, so the refusal tests below are meaningful."""
+    marker = tmp_path / 'ran'
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': {}, 'x': Planted(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('fmt', ['torch_zip', 'raw_pickle'])
+def test_code_executing_checkpoint_is_refused(tmp_path, config, fmt):
+    marker = tmp_path / 'ran'
+    path = tmp_path / 'evil.pth'
+    payload = {'model': fresh(BaseVision, config, 0).state_dict(), 'opt': Planted(marker)}
+    if fmt == 'torch_zip':
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(CheckpointError, match='(?i)pickle|code'):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        load_weights(fresh(BaseVision, config, 1), path)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path, config):
+    path = save_checkpoint(tmp_path / 'a.pth', fresh(BaseVision, config, 0))
+    data = path.read_bytes()
+    for name, content in (('half.pth', data[:len(data) // 2]), ('head.pth', data[:100]), ('empty.pth', b''),
+                          ('text.pth', b'not a checkpoint\n')):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError, match=name):
+            load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match='not found'):
+        load_checkpoint(tmp_path / 'absent.pth')
+
+
+def test_non_dict_and_non_tensor_contents_are_refused(tmp_path):
+    path = tmp_path / 'list.pth'
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(CheckpointError, match='dict'):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match='state_dict'):
+        model_state({'model': {'a': 1}})
+
+
+def test_crash_mid_save_keeps_previous_file(tmp_path, config, monkeypatch):
+    path = save_checkpoint(tmp_path / 'last.pth', fresh(BaseVision, config, 0))
+    before = path.read_bytes()
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b'PK\x03\x04 partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(checkpoint.torch, 'save', crashing_save)
+    with pytest.raises(OSError, match='disk full'):
+        save_checkpoint(path, fresh(BaseVision, config, 1))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != '.yaml'] == ['last.pth']
+    monkeypatch.undo()
+    assert load_checkpoint(path)['model'].keys() == fresh(BaseVision, config, 2).state_dict().keys()

@@ -1,0 +1,336 @@
+"""Render synthetic word images offline (fonts already on the machine, no downloads) into train/test LMDBs.
+
+    python tools/render_synthetic.py --output data/synth --num_train 20000 --num_test 1000 --seed 0
+
+writes `<output>/train` and `<output>/test` (the test split is new renders of the same vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import multiprocessing
+import os
+import string
+import sys
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.create_lmdb_dataset import write_lmdb  # noqa: E402
+
+ALPHANUMERIC = string.ascii_letters + string.digits
+FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
+LINE_REFERENCE = 'Hdgjpqy'
+MIN_CONTRAST = 90  # minimum luminance difference (0..255) between text and background
+CHUNK = 256  # renders per work unit; each unit has its own seed, so output does not depend on --workers
+
+
+def _glyph_names_fit(font_path: str, chars: str) -> bool:
+    """False when the font's glyph names show its [0-9a-zA-Z] code points hold other symbols (TeX cmsy, cmex)."""
+    try:
+        from fontTools.ttLib import TTFont
+    except ImportError:  # fontTools comes with matplotlib; without it rely on the rendering checks alone
+        return True
+    try:
+        font = TTFont(font_path, lazy=True, fontNumber=0)
+        cmap = font.getBestCmap() or {}
+    except Exception:
+        return False
+    digit_names = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+    named = matched = 0
+    for c in chars:
+        name = cmap.get(ord(c))
+        if name is None:
+            return False
+        if name.startswith(('glyph', 'gid', 'uni', 'u0', 'cid')):
+            continue  # synthetic names say nothing about the shape
+        named += 1
+        expected = digit_names[int(c)] if c.isdigit() else c
+        matched += name == expected or name.startswith((expected + '.', expected + '_')) or (
+            c.isdigit() and name.startswith(expected))
+    return named == 0 or matched >= named - 2
+
+
+def font_renders(font_path: str, chars: str = ALPHANUMERIC) -> bool:
+    """Whether a font draws every char in `chars` as visible, mostly distinct glyphs of letters and digits."""
+    try:
+        font = ImageFont.truetype(font_path, 24)
+    except OSError:
+        return False
+    masks = set()
+    for c in chars:
+        mask = font.getmask(c)
+        if mask.getbbox() is None:
+            return False
+        masks.add((mask.size, bytes(mask)))
+    if len(masks) < len(chars) - 4:  # one fallback box for everything (LastResort) or many repeats
+        return False
+    return _glyph_names_fit(font_path, chars)
+
+
+def _font_key(font_path: str) -> str:
+    """Family and style of a font (to drop copies of one font), or its file name."""
+    try:
+        font = ImageFont.truetype(font_path, 12)
+        family, style = font.getname()
+        return f'{family}|{style}'
+    except OSError:
+        return os.path.basename(font_path)
+
+
+def find_fonts(extra_dirs: Sequence[str] = ()) -> list[str]:
+    """TTF/OTF fonts on this machine (matplotlib's bundled ones first) that render [0-9a-zA-Z]; one file per face."""
+    return list(_find_fonts(tuple(extra_dirs)))
+
+
+@lru_cache(maxsize=8)
+def _find_fonts(extra_dirs: tuple[str, ...]) -> tuple[str, ...]:
+    import matplotlib
+
+    dirs = [os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data', 'fonts', 'ttf'), *FONT_DIRS, *extra_dirs]
+    candidates = []
+    for d in dirs:
+        found = glob.glob(os.path.join(d, '**', '*'), recursive=True)
+        candidates += sorted(f for f in found if f.lower().endswith(('.ttf', '.otf')) and os.path.isfile(f))
+    fonts, seen = [], set()
+    for path in candidates:
+        key = _font_key(path)
+        if key in seen or not font_renders(path):
+            continue
+        seen.add(key)
+        fonts.append(path)
+    return tuple(fonts)
+
+
+@lru_cache(maxsize=512)
+def _load_font(font_path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(font_path, size)
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(np.dot(rgb, (0.299, 0.587, 0.114)))
+
+
+def _text_colour(rng: np.random.Generator, backgrounds: Sequence[np.ndarray]) -> np.ndarray:
+    """A text colour whose luminance differs from every background colour by at least MIN_CONTRAST."""
+    for _ in range(20):
+        colour = rng.integers(0, 256, 3).astype(np.float32)
+        if all(abs(_luminance(colour) - _luminance(bg)) >= MIN_CONTRAST for bg in backgrounds):
+            return colour
+    mean_lum = np.mean([_luminance(bg) for bg in backgrounds])
+    return np.full(3, 0.0 if mean_lum > 127 else 255.0, dtype=np.float32)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A plain, gradient or noise background (float32 h x w x 3) and its reference colours."""
+    base = rng.integers(0, 256, 3).astype(np.float32)
+    kind = rng.choice(3, p=(0.4, 0.35, 0.25))
+    if kind == 0:
+        return np.broadcast_to(base, (h, w, 3)).copy(), [base]
+    if kind == 1:
+        other = np.clip(base + rng.integers(-70, 71, 3), 0, 255).astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = xs * np.cos(angle) + ys * np.sin(angle)
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+        return base + ramp[..., None] * (other - base), [base, other]
+    noise = rng.normal(0.0, rng.uniform(8, 25), (h, w, 3)).astype(np.float32)
+    if rng.random() < 0.5:
+        noise = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.8, 2.5)) * 2.0
+    return np.clip(base + noise, 0, 255), [base]
+
+
+def render_word(text: str, font_path: str, rng: np.random.Generator, height: int = 32) -> np.ndarray:
+    """Render `text` as an H x W x 3 uint8 RGB word image (W follows the text); deterministic for a given rng."""
+    size = int(rng.integers(height, int(1.6 * height) + 1))
+    font = _load_font(font_path, size)
+    left, top, right, bottom = font.getbbox(text)
+    # The line box spans ascenders and descenders whatever the word holds, so the text size stays comparable
+    # across words; font metrics are not used because math fonts (STIX) report very tall lines.
+    _, ref_top, _, ref_bottom = font.getbbox(LINE_REFERENCE)
+    line_top, line_bottom = min(top, ref_top), max(bottom, ref_bottom)
+    line_h = line_bottom - line_top
+    mx = int(round(rng.uniform(0.05, 0.4) * line_h))
+    my_top = int(round(rng.uniform(0.0, 0.3) * line_h))
+    my_bottom = int(round(rng.uniform(0.0, 0.3) * line_h))
+    canvas = Image.new('L', (right - left + 2 * mx, line_h + my_top + my_bottom), 0)
+    ImageDraw.Draw(canvas).text((mx - left, my_top - line_top), text, font=font, fill=255)
+    mask = np.asarray(canvas, dtype=np.float32) / 255.0
+
+    stretch = rng.uniform(0.8, 1.25)
+    width = max(1, int(round(mask.shape[1] * height / mask.shape[0] * stretch)))
+    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
+
+    background, refs = _background(rng, height, width)
+    colour = _text_colour(rng, refs)
+    img = background * (1.0 - mask[..., None]) + colour * mask[..., None]
+
+    if rng.random() < 0.3:
+        angle = rng.uniform(-3, 3)
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        img = cv2.warpAffine(img, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
+    if rng.random() < 0.4:
+        img = img + rng.normal(0.0, rng.uniform(2, 10), img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _dictionary_words() -> tuple[str, ...]:
+    from english_words import get_english_words_set
+
+    return tuple(sorted(get_english_words_set(['web2'], lower=True, alpha=True)))
+
+
+def make_vocabulary(n: int, min_len: int, max_len: int, rng: np.random.Generator, kind: str = 'words') -> list[str]:
+    """`n` distinct lower-case English words, or random [a-z0-9] strings with the same length distribution."""
+    pool = [w for w in _dictionary_words() if min_len <= len(w) <= max_len and w.isascii()]
+    if kind == 'words':
+        if n > len(pool):
+            raise ValueError(f'only {len(pool)} dictionary words have {min_len}..{max_len} letters, asked for {n}')
+        return sorted(pool[i] for i in rng.choice(len(pool), size=n, replace=False))
+    if kind != 'random':
+        raise ValueError(f"kind must be 'words' or 'random', got {kind!r}")
+    alphabet = np.array(list(string.ascii_lowercase + string.digits))
+    lengths = np.array([len(w) for w in pool])
+    if n > sum(36 ** k for k in range(min_len, max_len + 1)):
+        raise ValueError(f'cannot make {n} distinct strings of {min_len}..{max_len} characters')
+    words: set[str] = set()
+    while len(words) < n:
+        length = int(lengths[rng.integers(len(lengths))])
+        words.add(''.join(alphabet[rng.integers(len(alphabet), size=length)]))
+    return sorted(words)
+
+
+def apply_case(word: str, rng: np.random.Generator) -> str:
+    """lower (p 0.5), Capitalised (p 0.25) or UPPER (p 0.25)."""
+    style = rng.choice(3, p=(0.5, 0.25, 0.25))
+    if style == 1:
+        return word[:1].upper() + word[1:]
+    return word.upper() if style == 2 else word
+
+
+# Set in each worker by _init_worker (and in the main process when --workers is 1).
+_VOCAB: list[str] = []
+_FONTS: list[str] = []
+_HEIGHT = 32
+
+
+def _init_worker(vocab: list[str], fonts: list[str], height: int) -> None:
+    global _VOCAB, _FONTS, _HEIGHT
+    _VOCAB, _FONTS, _HEIGHT = vocab, fonts, height
+
+
+def _render_chunk(job: tuple[int, int, int, int]) -> list[tuple[bytes, str, int]]:
+    """Render one work unit: (seed, split id, chunk index, count) -> [(PNG bytes, label, font index)]."""
+    seed, split_id, chunk, count = job
+    rng = np.random.default_rng([seed, split_id, chunk])
+    out = []
+    for _ in range(count):
+        text = apply_case(_VOCAB[rng.integers(len(_VOCAB))], rng)
+        font_index = int(rng.integers(len(_FONTS)))
+        img = render_word(text, _FONTS[font_index], rng, _HEIGHT)
+        ok, png = cv2.imencode('.png', cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f'PNG encoding failed for {text!r}')
+        out.append((png.tobytes(), text, font_index))
+    return out
+
+
+def _jobs(seed: int, split_id: int, total: int) -> list[tuple[int, int, int, int]]:
+    return [(seed, split_id, k, min(CHUNK, total - start)) for k, start in enumerate(range(0, total, CHUNK))]
+
+
+def render_split(output_dir: str | os.PathLike, num: int, seed: int, split_id: int, vocab: list[str],
+                 fonts: list[str], height: int = 32, workers: int = 1, overwrite: bool = False) -> Counter:
+    """Render `num` words into an LMDB at `output_dir`; return how many images each font index drew."""
+    used: Counter = Counter()
+
+    def samples(chunks: Iterator[list[tuple[bytes, str, int]]]) -> Iterator[tuple[bytes, str]]:
+        for chunk in chunks:
+            for png, text, font_index in chunk:
+                used[font_index] += 1
+                yield png, text
+
+    jobs = _jobs(seed, split_id, num)
+    if workers <= 1:
+        _init_worker(vocab, fonts, height)
+        write_lmdb(output_dir, samples(map(_render_chunk, jobs)), check_images=False, overwrite=overwrite)
+    else:
+        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(vocab, fonts, height)) as pool:
+            write_lmdb(output_dir, samples(pool.imap(_render_chunk, jobs)), check_images=False, overwrite=overwrite)
+    return used
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """One word per line; blank lines skipped, duplicates dropped (first kept)."""
+    with open(path, encoding='utf-8') as f:
+        words = [line.strip() for line in f]
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--output', required=True, help='folder that gets train/ and test/ LMDBs')
+    parser.add_argument('--num_train', type=int, default=20000)
+    parser.add_argument('--num_test', type=int, default=1000)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--vocab', help='word list to render (one per line); default: sample English words')
+    parser.add_argument('--vocab_size', type=int, default=5000, help='words sampled when --vocab is not given')
+    parser.add_argument('--vocab_kind', choices=('words', 'random'), default='words',
+                        help='English words, or random letter-digit strings of the same length distribution')
+    parser.add_argument('--vocab_out', help='write the vocabulary used here (one word per line)')
+    parser.add_argument('--min_len', type=int, default=3)
+    parser.add_argument('--max_len', type=int, default=12)
+    parser.add_argument('--height', type=int, default=32, help='image height in pixels')
+    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--overwrite', action='store_true', help='replace existing train/test LMDBs')
+    args = parser.parse_args(argv)
+
+    try:
+        output = Path(args.output)
+        for split in ('train', 'test'):
+            if (output / split).exists() and not args.overwrite:
+                raise ValueError(f'{output / split} already exists (pass --overwrite to replace it)')
+        if args.vocab:
+            if not os.path.isfile(args.vocab):
+                raise ValueError(f'vocabulary file not found: {args.vocab}')
+            vocab = read_vocab(args.vocab)
+            if not vocab:
+                raise ValueError(f'vocabulary file is empty: {args.vocab}')
+        else:
+            vocab_rng = np.random.default_rng([args.seed, 2])
+            vocab = make_vocabulary(args.vocab_size, args.min_len, args.max_len, vocab_rng, args.vocab_kind)
+        fonts = find_fonts()
+        if not fonts:
+            raise ValueError('no usable TTF/OTF font found (looked in matplotlib and /usr/share/fonts)')
+        if args.vocab_out:
+            Path(args.vocab_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.vocab_out).write_text(''.join(w + '\n' for w in vocab), encoding='utf-8')
+        used: Counter = Counter()
+        for split_id, (split, num) in enumerate((('train', args.num_train), ('test', args.num_test))):
+            used += render_split(output / split, num, args.seed, split_id, vocab, fonts, args.height, args.workers,
+                                 args.overwrite)
+            print(f'wrote {num} images to {output / split}')
+    except (ValueError, FileExistsError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'vocabulary: {len(vocab)} words' + (f' (written to {args.vocab_out})' if args.vocab_out else ''))
+    print(f'fonts used ({len(fonts)}):')
+    for i, path in enumerate(fonts):
+        print(f'  {used[i]:7d}  {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
