@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +39,19 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, 
     return path
 
 
+# Phrases of torch's weights-only unpickler when a file asks for a callable or class outside its allowlist.
+_CODE_MARKERS = ('GLOBAL', 'reduce', 'new object')
+
+
+def _unpickler_reason(message: str) -> str:
+    """The line of torch's weights-only error that says what was refused, without its boilerplate."""
+    lines = [line.strip() for line in re.sub(r'\x1b\[[0-9;]*m', '', message).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(('Unsupported', 'Trying to', 'Can only', 'WeightsUnpickler error:')) or 'GLOBAL' in line:
+            return line[:300]
+    return lines[0][:300] if lines else 'UnpicklingError'
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; refuse files that need pickle code execution."""
     path = Path(path)
@@ -46,8 +60,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path}: refused, loading it would execute pickled code ({first})') from None
+        # torch raises UnpicklingError both for unsafe contents and for plain garbage: tell them apart
+        reason = _unpickler_reason(str(e))
+        if any(marker in reason for marker in _CODE_MARKERS):
+            raise CheckpointError(f'{path}: refused, loading it would execute pickled code ({reason})') from None
+        raise CheckpointError(f'{path}: not a readable checkpoint (UnpicklingError: {reason})') from None
     except Exception as e:  # truncated or not a torch file at all
         raise CheckpointError(f'{path}: not a readable checkpoint ({type(e).__name__}: {e})') from None
     if not isinstance(state, dict):

@@ -36,13 +36,26 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
 
 
+def _close_inherited(pid: int) -> None:
+    """In a forked child, close the environments inherited from the parent.
+
+    lmdb remembers open environments in a process-wide registry that a fork copies, so the child could not
+    open its own until the inherited handle is closed. Closing a lock-free read-only handle in the child only
+    unmaps the child's copy; the parent's stays valid.
+    """
+    for key in [k for k in _ENVS if k[0] != pid]:
+        _ENVS.pop(key).close()
+
+
 def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     """The read-only, lock-free environment of `path` for this process (opened once, then shared)."""
     real = os.path.realpath(path)
-    key = (os.getpid(), real)
-    env = _ENVS.get(key)
+    pid = os.getpid()
+    env = _ENVS.get((pid, real))
     if env is not None:
         return env
+    _close_inherited(pid)
+    key = (pid, real)
     if not os.path.exists(real):
         raise DatasetNotFoundError(f'LMDB not found: {path}')
     data_file = os.path.join(real, 'data.mdb')
@@ -251,6 +264,19 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         mode = 'train' if self.is_training else 'test'
         return f'{type(self).__name__}({self.path!r}, {mode}, {len(self)} samples)'
+
+
+def dataset_kwargs(config: Any, is_training: bool) -> dict[str, Any]:
+    """ImageDataset keyword arguments from a Config's `dataset_*` (and `global_seed`) keys.
+
+    Test labels keep their case when either `case_sensitive` or `eval_case_sensitive` is set (the metric
+    lower-cases both sides itself when evaluation is case-insensitive); the charset may still lower-case them.
+    """
+    case_sensitive = config.dataset_case_sensitive or (not is_training and config.dataset_eval_case_sensitive)
+    return dict(img_h=config.dataset_image_height, img_w=config.dataset_image_width, data_aug=config.dataset_data_aug,
+                case_sensitive=bool(case_sensitive), multiscales=config.dataset_multiscales,
+                smooth_label=is_training and config.dataset_smooth_label, smooth_factor=config.dataset_smooth_factor,
+                seed=config.global_seed)
 
 
 def get_dataset(roots: Sequence[str | os.PathLike], charset: CharsetMapper, is_training: bool,

@@ -22,7 +22,7 @@ from callbacks.conaug import ConAugPretransform
 from callbacks.iteration import IterationCallback
 from callbacks.lr_schedule import PiecewiseConstantLR
 from checkpoint import CheckpointError, load_weights
-from dataset import DatasetError, ImageDataset, get_dataset
+from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
@@ -90,14 +90,6 @@ def build_model(config: Config) -> nn.Module:
 def is_conclr(model: nn.Module) -> bool:
     """Whether the model trains with ConAug views and the contrastive loss."""
     return hasattr(model, 'projection_head')
-
-
-def dataset_kwargs(config: Config, training: bool) -> dict[str, Any]:
-    """ImageDataset arguments from the config."""
-    return dict(img_h=config.dataset_image_height, img_w=config.dataset_image_width, data_aug=config.dataset_data_aug,
-                case_sensitive=config.dataset_case_sensitive if training else config.dataset_eval_case_sensitive,
-                multiscales=config.dataset_multiscales, smooth_label=training and config.dataset_smooth_label,
-                smooth_factor=config.dataset_smooth_factor, seed=config.global_seed)
 
 
 def test_loader(config: Config, dataset: torch.utils.data.Dataset, device: torch.device) -> DeviceDataLoader:

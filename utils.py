@@ -19,6 +19,14 @@ TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
 NULL_CHAR = '\u2591'
 
 
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A relative path as given when it exists from the current directory, else relative to the repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
+
+
 class ConfigError(ValueError):
     """A configuration file holds an unknown key or a value of the wrong type."""
 
@@ -136,6 +144,7 @@ class CharsetMapper:
     """Maps text to class indices and back; class 0 is the null character (end and padding)."""
 
     def __init__(self, charset_path: str | os.PathLike, max_length: int = 25):
+        charset_path = resolve_path(charset_path)
         self.path = str(charset_path)
         self.max_length = max_length
         self.null_char = NULL_CHAR

@@ -186,13 +186,13 @@ def test_planted_payload_would_run_without_weights_only(tmp_path):
 def test_code_executing_checkpoint_is_refused(tmp_path, config, fmt):
     marker = tmp_path / 'ran'
     path = tmp_path / 'evil.pth'
-    payload = {'model': fresh(BaseVision, config, 0).state_dict(), 'opt': Planted(marker)}
     if fmt == 'torch_zip':
-        torch.save(payload, path)
-    else:
-        path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(CheckpointError, match='(?i)pickle|code'):
+        torch.save({'model': fresh(BaseVision, config, 0).state_dict(), 'opt': Planted(marker)}, path)
+    else:  # a hand-made legacy pickle, no torch container around it
+        path.write_bytes(pickle.dumps({'opt': Planted(marker), 'model': {}}, protocol=2))
+    with pytest.raises(CheckpointError, match='(?i)pickle|code') as info:
         load_checkpoint(path)
+    assert 'open' in str(info.value)  # names the refused callable
     with pytest.raises(CheckpointError):
         load_weights(fresh(BaseVision, config, 1), path)
     assert not marker.exists()
@@ -205,8 +205,9 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, config):
                           ('text.pth', b'not a checkpoint\n')):
         bad = tmp_path / name
         bad.write_bytes(content)
-        with pytest.raises(CheckpointError, match=name):
+        with pytest.raises(CheckpointError, match=name) as info:
             load_checkpoint(bad)
+        assert 'not a readable checkpoint' in str(info.value)  # garbage is not reported as unsafe code
     with pytest.raises(CheckpointError, match='not found'):
         load_checkpoint(tmp_path / 'absent.pth')
 

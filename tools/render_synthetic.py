@@ -115,18 +115,25 @@ def _load_font(font_path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_path, size)
 
 
-def _luminance(rgb: np.ndarray) -> float:
-    return float(np.dot(rgb, (0.299, 0.587, 0.114)))
+@lru_cache(maxsize=512)
+def _line_extent(font_path: str, size: int) -> tuple[int, int]:
+    """Top and bottom of a line with ascenders and descenders, relative to the drawing origin."""
+    _, top, _, bottom = _load_font(font_path, size).getbbox(LINE_REFERENCE)
+    return top, bottom
+
+
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def _text_colour(rng: np.random.Generator, backgrounds: Sequence[np.ndarray]) -> np.ndarray:
     """A text colour whose luminance differs from every background colour by at least MIN_CONTRAST."""
-    for _ in range(20):
-        colour = rng.integers(0, 256, 3).astype(np.float32)
-        if all(abs(_luminance(colour) - _luminance(bg)) >= MIN_CONTRAST for bg in backgrounds):
-            return colour
-    mean_lum = np.mean([_luminance(bg) for bg in backgrounds])
-    return np.full(3, 0.0 if mean_lum > 127 else 255.0, dtype=np.float32)
+    candidates = rng.integers(0, 256, (32, 3)).astype(np.float32)
+    bg_luma = np.array([float(bg @ LUMA) for bg in backgrounds])
+    contrast = np.abs((candidates @ LUMA)[:, None] - bg_luma[None, :]).min(axis=1)
+    good = np.flatnonzero(contrast >= MIN_CONTRAST)
+    if len(good):
+        return candidates[good[0]]
+    return np.full(3, 0.0 if bg_luma.mean() > 127 else 255.0, dtype=np.float32)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -155,7 +162,7 @@ def render_word(text: str, font_path: str, rng: np.random.Generator, height: int
     left, top, right, bottom = font.getbbox(text)
     # The line box spans ascenders and descenders whatever the word holds, so the text size stays comparable
     # across words; font metrics are not used because math fonts (STIX) report very tall lines.
-    _, ref_top, _, ref_bottom = font.getbbox(LINE_REFERENCE)
+    ref_top, ref_bottom = _line_extent(font_path, size)
     line_top, line_bottom = min(top, ref_top), max(bottom, ref_bottom)
     line_h = line_bottom - line_top
     mx = int(round(rng.uniform(0.05, 0.4) * line_h))

@@ -1,0 +1,290 @@
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from dataset import DatasetError, DatasetNotFoundError, ImageDataset, dataset_kwargs, get_dataset
+from tools.create_lmdb_dataset import write_lmdb
+from utils import REPO_ROOT, CharsetMapper, Config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'benchmarks'
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope='module')
+def charset():
+    return CharsetMapper(REPO_ROOT / 'data' / 'charset_36.txt')
+
+
+def _png(rgb=(255, 0, 128), h=20, w=60):
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:] = rgb
+    return cv2.imencode('.png', cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def _noise_png(seed, h=20, w=60):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode('.png', img)[1].tobytes()
+
+
+def _lmdb(path, samples):
+    write_lmdb(path, samples, check_images=False)
+    return path
+
+
+def _normalised(rgb):
+    return (np.asarray(rgb) / 255.0 - MEAN) / STD
+
+
+def test_reads_images_and_targets(tmp_path, charset):
+    path = _lmdb(tmp_path / 'db', [(_png((255, 0, 128)), 'Hello, World!'), (_png((10, 200, 30)), 'abc')])
+    ds = ImageDataset(path, charset, is_training=False)
+    assert len(ds) == 2 and ds.num_left_out == 0 and ds.name == 'db'
+    image, (onehot, length) = ds[0]
+    assert image.shape == (3, 32, 128) and image.dtype == torch.float32 and image.is_contiguous()
+    # a flat colour image: every pixel is that colour, ImageNet-normalised, in RGB channel order
+    expected = _normalised((255, 0, 128))
+    for c in range(3):
+        assert torch.allclose(image[c], torch.full((32, 128), float(expected[c])), atol=1e-5)
+    assert onehot.shape == (26, 37) and onehot.dtype == torch.float32
+    assert length.dtype == torch.long and length.dim() == 0 and int(length) == len('helloworld') + 1
+    labels = onehot.argmax(-1).tolist()
+    assert labels[:10] == [ord(c) - ord('a') + 1 for c in 'helloworld'] and set(labels[10:]) == {0}
+    assert onehot.sum(-1).eq(1).all()
+    assert ds.label(0) == 'helloworld' and ds.labels(1) == 'abc'
+
+
+def test_grayscale_png_becomes_rgb(tmp_path, charset):
+    gray = cv2.imencode('.png', np.full((10, 30), 77, dtype=np.uint8))[1].tobytes()
+    ds = ImageDataset(_lmdb(tmp_path / 'db', [(gray, 'x')]), charset, is_training=False)
+    image, _ = ds[0]
+    expected = _normalised((77, 77, 77))
+    for c in range(3):
+        assert torch.allclose(image[c], torch.full((32, 128), float(expected[c])), atol=1e-5)
+
+
+def test_resize_is_bilinear_straight_to_size(tmp_path, charset):
+    raw = np.random.default_rng(0).integers(0, 256, (17, 45, 3), dtype=np.uint8)
+    png = cv2.imencode('.png', cv2.cvtColor(raw, cv2.COLOR_RGB2BGR))[1].tobytes()
+    ds = ImageDataset(_lmdb(tmp_path / 'db', [(png, 'x')]), charset, is_training=False, img_h=16, img_w=40)
+    image, _ = ds[0]
+    resized = cv2.resize(raw, (40, 16), interpolation=cv2.INTER_LINEAR) / 255.0
+    expected = ((resized - MEAN) / STD).transpose(2, 0, 1)
+    np.testing.assert_allclose(image.numpy(), expected, atol=1e-5)
+
+
+def test_multiscales_keeps_aspect_and_pads(tmp_path, charset):
+    ds = ImageDataset(_lmdb(tmp_path / 'db', [(_png((255, 255, 255), h=20, w=40), 'x')]), charset,
+                      is_training=False, multiscales=True)
+    image, _ = ds[0]
+    white, black = _normalised((255, 255, 255)), _normalised((0, 0, 0))
+    for c in range(3):  # 40x20 -> 64x32, then black padding up to 128
+        assert torch.allclose(image[c, :, :64], torch.tensor(white[c], dtype=torch.float32), atol=1e-5)
+        assert torch.allclose(image[c, :, 64:], torch.tensor(black[c], dtype=torch.float32), atol=1e-5)
+
+
+def test_smoothed_labels(tmp_path, charset):
+    ds = ImageDataset(_lmdb(tmp_path / 'db', [(_png(), 'ab')]), charset, is_training=False, smooth_label=True,
+                      smooth_factor=0.1)
+    _, (onehot, length) = ds[0]
+    c = charset.num_classes
+    hot = onehot.argmax(-1)
+    assert torch.allclose(onehot.max(-1).values, torch.full((26,), 0.9 + 0.1 / c))
+    assert torch.allclose(onehot.sum(-1), torch.ones(26))
+    assert hot[:3].tolist() == [1, 2, 0] and int(length) == 3
+
+
+def test_case_sensitive_charset_keeps_case(tmp_path):
+    charset62 = CharsetMapper(REPO_ROOT / 'data' / 'charset_62.txt')
+    path = _lmdb(tmp_path / 'db', [(_png(), 'Hello, World!')])
+    assert ImageDataset(path, charset62, False, case_sensitive=True).label(0) == 'HelloWorld'
+    assert ImageDataset(path, charset62, False, case_sensitive=False).label(0) == 'helloworld'
+
+
+def test_test_mode_leaves_out_unusable_labels(tmp_path, charset):
+    labels = ['first', '', '!!!', 'x' * 26, 'x' * 25, 'à', 'last']
+    path = _lmdb(tmp_path / 'db', [(_png(), label) for label in labels])
+    ds = ImageDataset(path, charset, is_training=False)
+    assert ds.num_samples == 7 and ds.num_left_out == 4 and len(ds) == 3
+    assert [ds.label(i) for i in range(3)] == ['first', 'x' * 25, 'last']
+    assert [ds.lmdb_index(i) for i in range(3)] == [1, 5, 7]
+    assert int(ds[2][1][1]) == len('last') + 1
+
+
+def test_test_mode_corrupt_image_names_path_and_index(tmp_path, charset):
+    path = _lmdb(tmp_path / 'db', [(_png(), 'good'), (b'\x89PNG broken', 'bad')])
+    ds = ImageDataset(path, charset, is_training=False)
+    ds[0]
+    with pytest.raises(DatasetError) as err:
+        ds[1]
+    assert str(path) in str(err.value) and re.search(r'\b2\b', str(err.value))
+
+
+def _capture(logger_name='conclr'):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(logger_name).addHandler(handler)
+    return records, handler
+
+
+def test_training_replaces_and_counts_bad_samples(tmp_path, charset):
+    samples = [(_png(), 'one'), (b'garbage', 'two'), (_png(), '!!!'), (_png(), 'four')]
+    ds = ImageDataset(_lmdb(tmp_path / 'db', samples), charset, is_training=True, data_aug=False, seed=0)
+    assert len(ds) == 4
+    records, handler = _capture()
+    try:
+        targets = [charset.decode(ds[i][1][0].argmax(-1)) for i in range(4)]
+    finally:
+        logging.getLogger('conclr').removeHandler(handler)
+    assert targets[0] == 'one' and targets[3] == 'four'
+    assert targets[1] in {'one', 'four'} and targets[2] in {'one', 'four'}
+    assert ds.num_replaced >= 2  # a replacement may itself hit a bad sample
+    messages = [r.getMessage() for r in records]
+    assert any(str(ds.path) in m and 'sample 2' in m for m in messages)
+    assert any('sample 3' in m for m in messages)
+
+
+def test_training_count_is_shared_with_workers(tmp_path, charset):
+    samples = [(_png(), f'w{i}') for i in range(10)]
+    samples[4] = (b'garbage', 'bad')
+    ds = ImageDataset(_lmdb(tmp_path / 'db', samples), charset, is_training=True, data_aug=False)
+    loader = DataLoader(ds, batch_size=3, shuffle=False, num_workers=2, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == 3
+    images, (onehots, lengths) = batches[0]
+    assert images.shape == (3, 3, 32, 128) and onehots.shape == (3, 26, 37) and lengths.shape == (3,)
+    assert ds.num_replaced >= 1  # counted in a worker process, seen here
+
+
+def test_augmentation_differs_between_draws(tmp_path, charset):
+    path = _lmdb(tmp_path / 'db', [(_noise_png(0), 'abc')])
+    ds = ImageDataset(path, charset, is_training=True, data_aug=True)
+    draws = {ds[0][0].numpy().tobytes() for _ in range(12)}
+    assert len(draws) >= 3
+    plain = ImageDataset(path, charset, is_training=True, data_aug=False)
+    assert len({plain[0][0].numpy().tobytes() for _ in range(3)}) == 1
+
+
+def test_augmentation_deterministic_under_seed(tmp_path, charset):
+    path = _lmdb(tmp_path / 'db', [(_noise_png(0), 'abc'), (_noise_png(1), 'def')])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        ds = ImageDataset(path, charset, is_training=True, seed=5)
+        runs.append([ds[i % 2][0] for i in range(8)])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_same_lmdb_opened_twice(tmp_path, charset):
+    path = _lmdb(tmp_path / 'db', [(_png(), 'abc')])
+    a = ImageDataset(path, charset, is_training=False)
+    b = ImageDataset(str(path) + '/', charset, is_training=True, data_aug=False)
+    assert torch.equal(a[0][0], b[0][0])
+
+
+def test_missing_path(tmp_path, charset):
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path / 'nope'))):
+        ImageDataset(tmp_path / 'nope', charset, is_training=True)
+
+
+def test_folder_that_is_not_an_lmdb(tmp_path, charset):
+    (tmp_path / 'plain').mkdir()
+    with pytest.raises(DatasetError, match='not an LMDB.*plain'):
+        ImageDataset(tmp_path / 'plain', charset, is_training=False)
+
+
+def test_empty_lmdb(tmp_path, charset):
+    path = _lmdb(tmp_path / 'empty', [])
+    with pytest.raises(DatasetError, match='empty.*empty'):
+        ImageDataset(path, charset, is_training=True)
+
+
+def test_lmdb_without_count(tmp_path, charset):
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / 'other'), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b'key', b'value')
+    env.close()
+    with pytest.raises(DatasetError, match='num-samples.*other'):
+        ImageDataset(tmp_path / 'other', charset, is_training=False)
+
+
+def test_test_set_without_usable_labels(tmp_path, charset):
+    with pytest.raises(DatasetError, match='no usable label'):
+        ImageDataset(_lmdb(tmp_path / 'db', [(_png(), '!!!')]), charset, is_training=False)
+
+
+@pytest.mark.parametrize('keep', [0.5, 0.25, 'header-only', 'garbage', 0])
+def test_truncated_or_garbage_data_file(tmp_path, charset, keep):
+    source = _lmdb(tmp_path / 'src', [(_noise_png(i, 40, 100), f'w{i}') for i in range(30)])
+    bad = tmp_path / 'bad'
+    shutil.copytree(source, bad)
+    data = bad / 'data.mdb'
+    size = data.stat().st_size
+    if keep == 'garbage':
+        data.write_bytes(os.urandom(size))
+    elif keep == 'header-only':
+        os.truncate(data, 8192)
+    else:
+        os.truncate(data, int(size * keep))
+    with pytest.raises(DatasetError, match=re.escape(str(bad))):
+        ImageDataset(bad, charset, is_training=False)
+
+
+def test_get_dataset(tmp_path, charset):
+    a = _lmdb(tmp_path / 'A', [(_png(), 'one'), (_png(), 'two')])
+    b = _lmdb(tmp_path / 'B', [(_png(), 'three')])
+    train = get_dataset([a, b], charset, is_training=True, data_aug=False)
+    assert isinstance(train, ConcatDataset) and len(train) == 3
+    test = get_dataset([str(b) + '/', a], charset, is_training=False, img_w=64)
+    assert list(test) == ['B', 'A'] and len(test['A']) == 2 and test['B'][0][0].shape == (3, 32, 64)
+    (tmp_path / 'x').mkdir()
+    c = _lmdb(tmp_path / 'x' / 'A', [(_png(), 'four')])
+    with pytest.raises(DatasetError, match='share the name'):
+        get_dataset([a, c], charset, is_training=False)
+
+
+def test_dataset_kwargs_from_config():
+    config = Config()
+    kwargs = dataset_kwargs(config, is_training=True)
+    assert kwargs == dict(img_h=32, img_w=128, data_aug=True, case_sensitive=False, multiscales=False,
+                          smooth_label=False, smooth_factor=0.1, seed=None)
+    config.dataset_eval_case_sensitive = True
+    assert dataset_kwargs(config, is_training=False)['case_sensitive'] is True
+    assert dataset_kwargs(config, is_training=True)['case_sensitive'] is False
+
+
+needs_benchmarks = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason='shared benchmarks absent')
+
+
+@needs_benchmarks
+def test_cute80(charset):
+    ds = ImageDataset(BENCHMARKS / 'CUTE80', charset, is_training=False)
+    assert ds.num_samples == 288
+    assert ds.num_left_out == 1 and len(ds) == 287  # sample 235 is 'à', empty after cleaning
+    assert all(re.fullmatch('[a-z0-9]{1,25}', ds.label(i)) for i in range(len(ds)))
+    assert ds.label(0) == 'ronaldo'
+    lo, hi = float(_normalised((0, 0, 0)).min()), float(_normalised((255, 255, 255)).max())
+    for i in (0, 100, 286):
+        image, (onehot, length) = ds[i]
+        assert image.shape == (3, 32, 128) and image.dtype == torch.float32
+        assert lo - 1e-4 <= image.min() and image.max() <= hi + 1e-4 and image.std() > 0.05
+        assert charset.decode(onehot.argmax(-1)) == ds.label(i) and int(length) == len(ds.label(i)) + 1
+
+
+@needs_benchmarks
+def test_iiit5k_count(charset):
+    ds = ImageDataset(BENCHMARKS / 'IIIT5k_3000', charset, is_training=False)
+    assert ds.num_samples == 3000 and len(ds) == 3000
+    assert ds[2999][0].shape == (3, 32, 128)
