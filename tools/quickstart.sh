@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Quick start on a fresh machine: install, render the synthetic word images, train ConCLR-Vision on them
+# (about 10 minutes on 2 CPU cores), then evaluate the best checkpoint on the held-out renders and, when
+# ../shared/benchmarks is present, on the real benchmark LMDBs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/setup_env.sh
+CONFIG=configs/quickstart_conclr_vision_model.yaml
+if [ ! -f data/synth/train/data.mdb ] || [ ! -f data/synth/test/data.mdb ]; then
+  python tools/render_synthetic.py --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite
+fi
+python main.py --config="$CONFIG"
+TEST_ROOTS=(data/synth/test)
+for name in IIIT5k_3000 SVT IC13_857 IC15_2077 SVTP CUTE80; do
+  if [ -f "../shared/benchmarks/$name/data.mdb" ]; then TEST_ROOTS+=("../shared/benchmarks/$name"); fi
+done
+python main.py --config="$CONFIG" --phase test --checkpoint workdir/quickstart-conclr/best-quickstart-conclr.pth \
+  --test_root "${TEST_ROOTS[@]}"
+echo "work directory: workdir/quickstart-conclr (train.txt, test.txt, test_results.csv, TensorBoard events," \
+     "checkpoints); TensorBoard: .venv/bin/tensorboard --logdir workdir"
