@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from callbacks.conaug import ConAugPretransform
 from callbacks.iteration import IterationCallback
 from callbacks.lr_schedule import PiecewiseConstantLR
+from callbacks.tensorboard_images import log_eval_images
 from checkpoint import CheckpointError, load_weights
 from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
@@ -148,6 +149,7 @@ def train(config: Config, device: torch.device) -> IterationCallback:
 
     def run_eval(iteration: int) -> dict[str, float]:
         result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive)
+        log_eval_images(writer, learn.model, valid_set, charset, iteration)
         return {'loss': result.loss, **{k: v for k, v in result.metrics.summary().items() if k != 'words'}}
 
     iteration_cb = IterationCallback(

@@ -46,3 +46,22 @@ def save_rgb(path: str, picture: np.ndarray) -> None:
     """Write an RGB uint8 picture as PNG (cv2 wants BGR)."""
     if not cv2.imwrite(str(path), np.ascontiguousarray(picture[..., ::-1])):
         raise OSError(f'could not write picture {path}')
+
+
+def add_caption(picture: np.ndarray, caption: str) -> np.ndarray:
+    """The picture with a white band holding `caption` on top."""
+    return _label(picture, caption)
+
+
+def hstack_padded(pictures: list[np.ndarray], gap: int = 4, fill: int = 255) -> np.ndarray:
+    """H x W x 3 pictures side by side, top-aligned, shorter ones padded below and `gap` columns between, in `fill`."""
+    if not pictures:
+        raise ValueError('no pictures to stack')
+    height = max(p.shape[0] for p in pictures)
+    columns = []
+    for k, p in enumerate(pictures):
+        if k:
+            columns.append(np.full((height, gap, 3), fill, dtype=np.uint8))
+        pad = np.full((height - p.shape[0], p.shape[1], 3), fill, dtype=np.uint8)
+        columns.append(np.concatenate([p.astype(np.uint8), pad], axis=0))
+    return np.concatenate(columns, axis=1)

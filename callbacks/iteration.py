@@ -34,6 +34,7 @@ class IterationCallback(LearnerCallback):
         self.iteration = start_iter
         self.saved: list[Path] = []
         self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
+        self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
 
     def on_train_begin(self, **kwargs: Any) -> dict:
         self._reset_window()
@@ -90,6 +91,7 @@ class IterationCallback(LearnerCallback):
 
     def _log_train(self) -> None:
         means = {k: v / self._count for k, v in self._sums.items()}
+        self.train_history.append({'iteration': self.iteration, **means})
         speed = self._count * self.learn.data.train_dl.batch_size / max(time.perf_counter() - self._window_start, 1e-9)
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'

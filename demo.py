@@ -1,0 +1,213 @@
+"""Recognise the word images of a folder (or a wildcard) with a trained vision model and draw its attention maps.
+
+    python demo.py --config=configs/conclr_pretrain_vision_model.yaml --input=test/img/path --checkpoint=best.pth
+
+prints `path<TAB>prediction<TAB>confidence` per image on stdout, warnings and errors on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import cv2.utils.logging as cv2_logging
+import numpy as np
+import torch
+
+from checkpoint import CheckpointError, load_weights
+from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
+from modules.decoding import decode_logits
+from modules.model_vision import BaseVision
+from utils import CharsetMapper, Config, ConfigError
+from visualization import attention_picture, save_rgb
+
+MODEL_EVALS = ('alignment', 'vision')
+BATCH_SIZE = 64
+
+
+class DemoError(RuntimeError):
+    """Input the demo cannot work with: no image, no checkpoint, no such device."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """ABINet's demo flags, plus --output and --batch_size."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', type=str, required=True, help='YAML config merged over configs/template.yaml')
+    parser.add_argument('--input', type=str, required=True, help='a folder of images, or a wildcard pattern '
+                        '(quote it: --input="imgs/*.jpg")')
+    parser.add_argument('--checkpoint', type=str, default=None, help='ABINet-Vision, full ABINet, BaseVision or '
+                        'ConCLR checkpoint (default: model.checkpoint of the config)')
+    parser.add_argument('--cuda', type=int, default=-1, help='GPU index; -1 runs on the CPU')
+    parser.add_argument('--model_eval', type=str, default='vision', choices=MODEL_EVALS,
+                        help="model output to show; only 'vision' exists in this project")
+    parser.add_argument('--image_only', action='store_true', help='print predictions only, no attention pictures')
+    parser.add_argument('--output', type=str, default=None, help='folder of the attention pictures '
+                        '(default <global.workdir>/<global.name>/demo)')
+    parser.add_argument('--batch_size', type=int, default=BATCH_SIZE, help='images per forward pass')
+    return parser.parse_args(argv)
+
+
+def checkpoint_paths(config: Config, checkpoint: str | None) -> list[str]:
+    """Checkpoints to load in order, as main.py does: model.vision.checkpoint, then --checkpoint or model.checkpoint."""
+    paths = [p for p in (config.model_vision_checkpoint, checkpoint or config.model_checkpoint) if p]
+    if not paths:
+        raise DemoError('no checkpoint: pass --checkpoint PATH (predictions of random weights are meaningless)')
+    return paths
+
+
+def load_inference_model(config: Config, checkpoints: str | Sequence[str], device: torch.device | str = 'cpu'
+                         ) -> BaseVision:
+    """BaseVision built from `config` with the checkpoint(s) loaded, in eval mode on `device`.
+
+    Any vision checkpoint fits (official ABINet-Vision, full ABINet with `vision.` keys, BaseVision, ConCLR):
+    the ConCLR projection head plays no part in recognition, so it is neither built nor required.
+    """
+    model = BaseVision(config)
+    for path in [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints:
+        load_weights(model, path, strict=config.model_strict)
+    return model.to(device).eval()
+
+
+def find_files(pattern: str) -> list[str]:
+    """Files of a folder (not recursive, hidden ones left out) sorted by name, or a wildcard's matches sorted."""
+    if os.path.isdir(pattern):
+        names = sorted(n for n in os.listdir(pattern) if not n.startswith('.'))
+        files = [os.path.join(pattern, n) for n in names if os.path.isfile(os.path.join(pattern, n))]
+        if not files:
+            raise DemoError(f'no file in folder {pattern}')
+        return files
+    files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not files:
+        raise DemoError(f'no file matches --input {pattern}')
+    return files
+
+
+def resized(image: np.ndarray, config: Config) -> np.ndarray:
+    """The image at the model's input size, resized as the test set does (bilinear, or keep-ratio + pad)."""
+    h, w = config.dataset_image_height, config.dataset_image_width
+    if config.dataset_multiscales:
+        return resize_keep_ratio(image, h, w)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """The file as H x W x 3 uint8 RGB, or None when it is unreadable, not an image or truncated."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return decode_image(data)
+
+
+def readable_images(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(path, RGB image) of every decodable file; one warning line on stderr per file that is not."""
+    for path in files:
+        image = read_image(path)
+        if image is None:
+            print(f'warning: {path}: not an image or cannot be decoded; skipped', file=sys.stderr)
+            continue
+        yield path, image
+
+
+def _batches(items: Iterator[tuple[str, np.ndarray]], size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def picture_name(path: str, used: set[str]) -> str:
+    """`<stem>.png`, or `<stem>_<k>.png` when an earlier input already took that name."""
+    stem = Path(path).stem
+    name, k = f'{stem}.png', 1
+    while name in used:
+        name, k = f'{stem}_{k}.png', k + 1
+    used.add(name)
+    return name
+
+
+def select_device(cuda: int) -> torch.device:
+    """cuda:<index>, or the CPU for a negative index."""
+    if cuda < 0:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise DemoError(f'--cuda {cuda}: no CUDA device available (use --cuda -1 for the CPU)')
+    if cuda >= torch.cuda.device_count():
+        raise DemoError(f'--cuda {cuda}: only {torch.cuda.device_count()} CUDA device(s)')
+    return torch.device(f'cuda:{cuda}')
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own decoder warnings: each bad file gets one warning line of ours instead."""
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2_logging.setLogLevel(level)
+
+
+@torch.no_grad()
+def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: CharsetMapper,
+             device: torch.device, output: Path | None, batch_size: int = BATCH_SIZE) -> list[tuple[str, str, float]]:
+    """Recognise `files` in batches, print one line per readable image and, unless `output` is None, write
+    its attention picture there; returns (path, prediction, confidence) per readable image."""
+    model.eval()
+    results: list[tuple[str, str, float]] = []
+    used: set[str] = set()
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    with _quiet_opencv():
+        for batch in _batches(readable_images(files), batch_size):
+            small = [resized(image, config) for _, image in batch]
+            images = torch.stack([to_normalized_tensor(img) for img in small]).to(device)
+            out = model(images)
+            texts, confidences, _ = decode_logits(out['logits'], charset)
+            for k, ((path, _), text, conf) in enumerate(zip(batch, texts, confidences)):
+                print(f'{path}\t{text}\t{conf:.4f}', flush=True)
+                results.append((path, text, conf))
+                if output is not None:
+                    picture = attention_picture(small[k], out['attn_scores'][k], text)
+                    save_rgb(output / picture_name(path, used), picture)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one `error:` line on stderr and exit status 2."""
+    args = parse_args(argv)
+    try:
+        if args.model_eval != 'vision':
+            raise DemoError(f"--model_eval {args.model_eval}: only 'vision' exists in this project (it holds the "
+                            'ABINet vision model, not the language or alignment models)')
+        if args.batch_size < 1:
+            raise DemoError(f'--batch_size must be positive, got {args.batch_size}')
+        config = Config(args.config)
+        device = select_device(args.cuda)
+        files = find_files(args.input)
+        charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+        model = load_inference_model(config, checkpoint_paths(config, args.checkpoint), device)
+        output = None if args.image_only else Path(args.output) if args.output else config.workdir / 'demo'
+        results = run_demo(model, config, files, charset, device, output, args.batch_size)
+        if not results:
+            raise DemoError(f'no readable image among the {len(files)} file(s) of --input {args.input}')
+        if output is not None:
+            print(f'attention pictures of {len(results)} image(s) written to {output}', file=sys.stderr)
+    except (DemoError, ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared builders for tests: tiny configs and tiny rendered LMDBs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from tools.create_lmdb_dataset import write_lmdb
+from tools.render_synthetic import find_fonts, render_word
+from utils import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT.parent / 'shared' / 'benchmarks'
+TINY_VISION = {'d_model': 16, 'nhead': 2, 'd_inner': 32, 'backbone_ln': 1, 'resnet_widths': [4, 8, 8, 16, 16],
+               'attention_channels': 8}
+WORDS = ['cat', 'dog', 'tree', 'house', 'river', 'stone', 'light', 'ab12', 'zoo', 'quiz']
+
+
+def render_lmdb(path: Path, num: int, seed: int = 0, words: list[str] = WORDS) -> Path:
+    """An LMDB of `num` rendered words (cycled through `words`)."""
+    rng = np.random.default_rng(seed)
+    fonts = find_fonts()[:4]
+    samples = []
+    for i in range(num):
+        word = words[i % len(words)]
+        image = render_word(word, fonts[i % len(fonts)], rng)
+        ok, png = cv2.imencode('.png', image[..., ::-1])
+        assert ok
+        samples.append((png.tobytes(), word))
+    write_lmdb(path, samples)
+    return path
+
+
+def write_config(path: Path, **sections: dict) -> Path:
+    """A YAML config file from nested dicts (merged over configs/template.yaml when loaded)."""
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def tiny_config(tmp_path: Path, train_root: Path, test_roots: list[Path], conclr: bool = False,
+                **training: object) -> Path:
+    """A config for a few dozen CPU iterations of a tiny model."""
+    model = {'name': 'modules.model_conclr.ConCLR_Vision' if conclr else 'modules.model_vision.BaseVision',
+             'vision': dict(TINY_VISION, loss_weight=[1.0, 0.5, 0.5] if conclr else 1.0)}
+    if conclr:
+        model['projection'] = {'channels': 8}
+    return write_config(
+        tmp_path / ('conclr.yaml' if conclr else 'vision.yaml'),
+        **{'global': {'name': 'run', 'workdir': str(tmp_path / 'workdir'), 'seed': 0},
+           'dataset': {'train': {'roots': [str(train_root)], 'batch_size': 8},
+                       'test': {'roots': [str(r) for r in test_roots], 'batch_size': 16},
+                       'num_workers': 0, 'data_aug': False, 'max_length': 12},
+           'training': {'epochs': 100, 'max_iters': 40, 'show_iters': 10, 'eval_iters': 20, 'save_iters': 10,
+                        **training},
+           'optimizer': {'lr': 0.003},
+           'model': model})

@@ -1,0 +1,837 @@
+"""Benchmark harness: training throughput, ConAug, contrastive loss, input pipeline, inference and demo speed.
+
+    python tools/benchmark.py --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
+    python tools/benchmark.py --quick                           # tiny model, seconds (used by the test suite)
+    python tools/benchmark.py --size official --batch 96 --device cuda --output gpu.json
+
+Measures on the machine at hand, prints one table (metric, value, target, PASS/FAIL, note) and saves it as JSON.
+Timings are medians over repeated runs after warm-up; targets are checked here, never in the tests.
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    import sys as _sys
+    from pathlib import Path as _Path
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
+import fastai_compat  # noqa: E402,F401  (must come before fastai)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params  # noqa: E402
+from losses.conclr_loss import ConCLRLoss  # noqa: E402
+from losses.contrastive import contrastive_loss  # noqa: E402
+from losses.recognition import RecognitionLoss  # noqa: E402
+from main import build_model  # noqa: E402
+from utils import REPO_ROOT, CharsetMapper, Config  # noqa: E402
+
+ABINET = 'modules.model_vision.BaseVision'
+CONCLR = 'modules.model_conclr.ConCLR_Vision'
+OFFICIAL_BATCH = 384  # the official training batch (dataset.train.batch_size in configs/template.yaml)
+REAL_LMDB = REPO_ROOT / '..' / 'shared' / 'benchmarks' / 'IIIT5k_3000'
+DEMO_SAMPLES = REPO_ROOT / '..' / 'shared' / 'samples' / 'abinet_demo'
+QUARTER_CONFIG = REPO_ROOT / 'configs' / 'quickstart_conclr_vision_model.yaml'
+
+# Config keys that fix the model's size and its training losses; a --config file contributes only these.
+MODEL_KEY_PREFIXES = ('model_vision_', 'model_projection_', 'dataset_image_', 'dataset_max_length',
+                      'dataset_charset_path', 'optimizer_', 'training_tau', 'training_alpha', 'training_include_eos',
+                      'conaug_side')
+MODEL_KEY_EXCLUDED = ('model_vision_loss_weight', 'model_vision_checkpoint')
+TINY = {'model_vision_d_model': 16, 'model_vision_nhead': 2, 'model_vision_d_inner': 32, 'model_vision_backbone_ln': 1,
+        'model_vision_resnet_widths': [4, 4, 8, 8, 16], 'model_vision_resnet_layers': [1, 1, 1, 1, 1],
+        'model_vision_attention_channels': 4, 'model_projection_channels': 8}
+SIZES = ('tiny', 'quarter', 'official')
+
+# Every metric key the JSON holds (amp-off names; other precisions add '@bf16' / '@fp16' to the train. and infer.
+# keys). A value is None when that line was skipped.
+METRIC_KEYS = (
+    'train.abinet.step_s', 'train.abinet.img_s', 'train.conclr.step_s', 'train.conclr.img_s', 'train.ratio',
+    'conaug.equal', 'conaug.b384.vec_s', 'conaug.b384.loop_s', 'conaug.b384.speedup', 'conaug.b384.frac_step',
+    'conaug.batch.vec_s', 'conaug.batch.frac_step',
+    'clr.equal', 'clr.max_rel_err', 'clr.n384.vec_s', 'clr.n384.loop_s', 'clr.n384.speedup', 'clr.n384.frac_step',
+    'clr.batch.vec_s', 'clr.batch.frac_step',
+    'loader.aug.img_s', 'loader.noaug.img_s', 'loader.official.abinet.step_s', 'loader.official.conclr.step_s',
+    'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio',
+    'infer.b1.img_s', 'infer.b64.img_s', 'infer.ratio',
+    'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
+)
+PRECISION_SECTIONS = ('train.', 'infer.')
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    """One line of the table: a metric, its value, an optional target and the verdict."""
+
+    key: str
+    label: str
+    value: float | None
+    unit: str = ''
+    target: str = ''
+    status: str = ''
+    note: str = ''
+
+
+@dataclass
+class Report:
+    """Rows in print order; `metrics` maps each key to its value (None when skipped)."""
+
+    rows: list[Row] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, key: str, label: str, value: float | None, unit: str = '', target: tuple[str, float] | None = None,
+            note: str = '') -> float | None:
+        """Record a metric; `target` is ('<=' | '<' | '>=', bound) and sets the PASS/FAIL verdict."""
+        status, target_text = '', ''
+        if target is not None:
+            op, bound = target
+            target_text = f'{op} {bound:g}'
+            if value is None or not math.isfinite(value):
+                status = 'SKIP' if value is None else 'FAIL'
+            else:
+                ok = {'<=': value <= bound, '<': value < bound, '>=': value >= bound}[op]
+                status = 'PASS' if ok else 'FAIL'
+        elif value is None:
+            status = 'SKIP'
+        self.rows.append(Row(key, label, None if value is None else float(value), unit, target_text, status, note))
+        return value
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """Metric key -> value."""
+        return {r.key: r.value for r in self.rows}
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document: meta, metrics and rows."""
+        return {'meta': self.meta, 'metrics': self.metrics, 'rows': [asdict(r) for r in self.rows]}
+
+    def format(self) -> str:
+        """The aligned text table."""
+        header = ('metric', 'value', 'unit', 'target', 'result', 'note')
+        lines = [[r.label, _fmt(r.value), r.unit, r.target, r.status, r.note] for r in self.rows]
+        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+        widths[-1] = len(header[-1])
+        out = ['  '.join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+               '  '.join('-' * w for w in widths)]
+        out += ['  '.join(c.ljust(w) if i < 5 else c for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                for line in lines]
+        return '\n'.join(out)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return 'skipped'
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f'{value:.4g}'
+    return f'{value:.3e}'
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of `fn` over `repeats` calls after `warmup` untimed calls (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for 'bf16' / 'fp16', a no-op for 'amp_off'."""
+    if precision == 'amp_off':
+        return contextlib.nullcontext()
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------- models and data
+
+
+def model_config(model_name: str, size: str = 'quarter', config_path: str | os.PathLike | None = None) -> Config:
+    """Template config with the model-size keys of `size` (or of `config_path`) and `model.name` set."""
+    config = Config()
+    if config_path is not None or size == 'quarter':
+        source = Config(config_path if config_path is not None else QUARTER_CONFIG)
+        config.update({k: v for k, v in source.items()
+                       if k.startswith(MODEL_KEY_PREFIXES) and k not in MODEL_KEY_EXCLUDED})
+    elif size == 'tiny':
+        config.update(TINY)
+    elif size != 'official':
+        raise ValueError(f'unknown model size {size!r}; expected one of {", ".join(SIZES)}')
+    config.model_name = model_name
+    config.model_vision_loss_weight = [1.0, 0.5, 0.5] if model_name == CONCLR else 1.0
+    return config
+
+
+def random_words(n: int, charset: CharsetMapper, rng: np.random.Generator, min_len: int = 3,
+                 max_len: int = 12) -> list[str]:
+    """n random words of the charset's characters, lengths uniform in [min_len, max_len]."""
+    chars = [c for c in charset.chars[1:]]
+    return [''.join(rng.choice(chars, size=int(rng.integers(min_len, max_len + 1)))) for _ in range(n)]
+
+
+def make_batch(n: int, charset: CharsetMapper, h: int, w: int, device: torch.device, seed: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A synthetic training batch: normalised-looking images N x 3 x H x W, one-hot targets N x T x C, lengths."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, h, w, generator=gen)
+    targets = [charset.onehot(word) for word in random_words(n, charset, rng)]
+    labels = torch.stack([t[0] for t in targets]).float()
+    lengths = torch.tensor([int(t[1]) for t in targets], dtype=torch.long)
+    return images.to(device).contiguous(), labels.to(device).contiguous(), lengths.to(device)
+
+
+def make_train_step(model: nn.Module, config: Config, batch: tuple[torch.Tensor, ...], device: torch.device,
+                    precision: str = 'amp_off') -> Callable[[], float]:
+    """One training step as training does it: (ConAug,) forward, loss, backward, clipping, Adam step."""
+    conclr = hasattr(model, 'projection_head')
+    model.to(device).train()
+    opt_args = {k.removeprefix('optimizer_args_'): tuple(v) if isinstance(v, list) else v
+                for k, v in config.items() if k.startswith('optimizer_args_') and v is not None}
+    opt = getattr(torch.optim, config.optimizer_type)(model.parameters(), lr=config.optimizer_lr, **opt_args)
+    if conclr:
+        loss_func: nn.Module = ConCLRLoss(config.training_tau, config.training_alpha, config.training_include_eos)
+        pretransform = ConAugPretransform(side=config.conaug_side)
+    else:
+        loss_func, pretransform = RecognitionLoss(), None
+    scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
+    clip = config.optimizer_clip_grad
+    images, labels, lengths = batch
+
+    def step() -> float:
+        inputs, targets = [images], (labels, lengths)
+        if pretransform is not None:  # the fastai callback's code path, as in training
+            views = pretransform.on_batch_begin(last_input=images, last_target=(labels, lengths), train=True)
+            inputs, targets = views['last_input'], views['last_target']
+        with autocast(device, precision):
+            outputs = model(*inputs)
+            loss = loss_func(outputs, *targets)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return loss.detach()
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------- loop references
+
+
+def conaug_loop(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, perm: torch.Tensor,
+                partner_left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain per-sample reference of `conaug`: one pair at a time, same outputs (images, labels, lengths, valid)."""
+    n, _, h, w = images.shape
+    t_slots = labels.shape[1]
+    perm_list, left_list, length_list = perm.tolist(), partner_left.tolist(), lengths.tolist()
+    out_images, out_labels, out_lengths, out_valid = [], [], [], []
+    for i in range(n):
+        left, right = (perm_list[i], i) if left_list[i] else (i, perm_list[i])
+        pair = torch.cat([images[left], images[right]], dim=2).unsqueeze(0)  # 1 x 3 x H x 2W
+        out_images.append(F.interpolate(pair, size=(h, w), mode='bilinear', align_corners=False)[0])
+        chars_left, chars_right = int(length_list[left]) - 1, int(length_list[right]) - 1
+        target = torch.empty_like(labels[i])
+        target[:chars_left] = labels[left, :chars_left]
+        target[chars_left:] = labels[right, :t_slots - chars_left]
+        out_labels.append(target)
+        out_lengths.append(min(chars_left + chars_right + 1, t_slots))
+        out_valid.append(chars_left + chars_right <= t_slots - 1)
+    return (torch.stack(out_images), torch.stack(out_labels),
+            torch.tensor(out_lengths, dtype=lengths.dtype, device=lengths.device),
+            torch.tensor(out_valid, dtype=torch.bool, device=images.device))
+
+
+def contrastive_loss_loop(z1: torch.Tensor, z2: torch.Tensor, labels1: torch.Tensor, labels2: torch.Tensor,
+                          lengths1: torch.Tensor, lengths2: torch.Tensor, tau: float = 2.0, include_eos: bool = False,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain per-anchor reference of `contrastive_loss` (conclr.md section 3), written straight from the formula."""
+    n, t_slots, _ = z1.shape
+    valid_list = [True] * n if valid is None else valid.tolist()
+    extra = 0 if include_eos else 1
+    pair_losses = []
+    for i in range(n):
+        if not valid_list[i]:
+            continue
+        k1 = min(int(lengths1[i]) - extra, t_slots)
+        k2 = min(int(lengths2[i]) - extra, t_slots)
+        z = torch.cat([z1[i, :k1], z2[i, :k2]]).float()  # the positions M(i)
+        labels = labels1[i, :k1].tolist() + labels2[i, :k2].tolist()
+        pair = z.new_zeros(())
+        for m in range(len(labels)):
+            others = [a for a in range(len(labels)) if a != m]  # A(m)
+            positives = [j for j, a in enumerate(others) if labels[a] == labels[m]]  # P(m), as indices into A(m)
+            if not positives:
+                continue
+            sims = z[others] @ z[m] / tau  # s(m, a) for a in A(m)
+            log_norm = torch.logsumexp(sims, dim=0)
+            pair = pair + (log_norm - sims[positives]).mean()
+        pair_losses.append(pair)
+    if not pair_losses:
+        return (z1.sum() + z2.sum()).float() * 0.0
+    return torch.stack(pair_losses).mean()
+
+
+def conaug_check(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, seed: int = 0) -> bool:
+    """Whether `conaug` and `conaug_loop` agree on both views of a `sample`-side draw (both placements)."""
+    gen = torch.Generator().manual_seed(seed)
+    perm1, left1, perm2, left2 = draw_conaug_params(images.shape[0], 'sample', generator=gen, device=images.device)
+    for perm, left in ((perm1, left1), (perm2, left2)):
+        vec = conaug(images, labels, lengths, perm, left)
+        ref = conaug_loop(images, labels, lengths, perm, left)
+        if not torch.allclose(vec[0], ref[0], rtol=1e-5, atol=1e-6):
+            return False
+        if not all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(vec[1:], ref[1:])):
+            return False
+    return True
+
+
+def contrastive_inputs(n: int, t_slots: int, e: int, num_classes: int, device: torch.device, seed: int = 0,
+                       max_len: int = 12) -> tuple[torch.Tensor, ...]:
+    """z1, z2 (unit, requiring grad), labels1, labels2, lengths1, lengths2, valid from a ConAug of random words."""
+    gen = torch.Generator().manual_seed(seed)
+    chars = torch.randint(3, max_len + 1, (n,), generator=gen).clamp(max=t_slots - 1)
+    labels = torch.zeros(n, t_slots, dtype=torch.long)
+    for i, c in enumerate(chars.tolist()):
+        labels[i, :c] = torch.randint(1, num_classes, (c,), generator=gen)
+    onehot = F.one_hot(labels, num_classes).float()
+    lengths = chars + 1
+    dummy = torch.zeros(n, 1, 1, 2)
+    perm1, left1, perm2, left2 = draw_conaug_params(n, 'fixed', generator=gen)
+    _, y1, l1, v1 = conaug(dummy, onehot, lengths, perm1, left1)
+    _, y2, l2, v2 = conaug(dummy, onehot, lengths, perm2, left2)
+    z1 = F.normalize(torch.randn(n, t_slots, e, generator=gen), dim=-1).to(device).requires_grad_(True)
+    z2 = F.normalize(torch.randn(n, t_slots, e, generator=gen), dim=-1).to(device).requires_grad_(True)
+    return (z1, z2, y1.argmax(-1).to(device), y2.argmax(-1).to(device), l1.to(device), l2.to(device),
+            (v1 & v2).to(device))
+
+
+def contrastive_check(device: torch.device, n: int = 8, t_slots: int = 26, e: int = 16, tau: float = 2.0,
+                      seed: int = 1) -> tuple[bool, float]:
+    """(equal to 1e-4 relative in value and gradient, largest relative error) of vectorised vs loop loss."""
+    worst = 0.0
+    for include_eos in (False, True):
+        inputs = contrastive_inputs(n, t_slots, e, 37, device, seed)
+        z1, z2 = inputs[0], inputs[1]
+        vec = contrastive_loss(*inputs[:6], tau=tau, include_eos=include_eos, valid=inputs[6])
+        g_vec = torch.autograd.grad(vec, (z1, z2))
+        ref = contrastive_loss_loop(*inputs[:6], tau=tau, include_eos=include_eos, valid=inputs[6])
+        g_ref = torch.autograd.grad(ref, (z1, z2))
+        worst = max(worst, abs(vec.item() - ref.item()) / max(abs(ref.item()), 1e-12))
+        for a, b in zip(g_vec, g_ref):
+            worst = max(worst, ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item())
+    return worst <= 1e-4, worst
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Settings:
+    """Everything the sections need, from the command line."""
+
+    device: torch.device
+    size: str
+    config_path: str | None
+    batch: int
+    steps: int
+    warmup: int
+    precisions: list[str]
+    conaug_batch: int
+    clr_n: int
+    clr_loop_n: int
+    lmdb: str | None
+    loader_samples: int
+    official_size: str
+    official_probe_batch: int
+    official_steps: int
+    infer_batches: tuple[int, int]
+    infer_repeats: int
+    demo_copies: int
+    quick: bool
+
+
+def section_train(s: Settings, report: Report) -> dict[str, float]:
+    """1. Training throughput of ABINet-Vision and ConCLR-Vision at the same size and batch, per precision."""
+    step_times: dict[str, float] = {}
+    for precision in s.precisions:
+        suffix = '' if precision == 'amp_off' else f'@{precision}'
+        times = {}
+        for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
+            config = model_config(name, s.size, s.config_path)
+            charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+            torch.manual_seed(0)
+            model = build_model(config)
+            batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device)
+            step = make_train_step(model, config, batch, s.device, precision)
+            times[tag] = median_time(step, s.steps, s.warmup, s.device)
+            label = 'ABINet-Vision' if tag == 'abinet' else 'ConCLR-Vision'
+            params = sum(p.numel() for p in model.parameters())
+            report.add(f'train.{tag}.step_s{suffix}', f'train {label} step [{precision}]', times[tag], 's',
+                       note=f'median of {s.steps} after {s.warmup} warm-up; batch {s.batch}, {params:,} params')
+            report.add(f'train.{tag}.img_s{suffix}', f'train {label} images/s [{precision}]', s.batch / times[tag],
+                       'img/s', note='original images (batch size) per second')
+            del model, step
+        report.add(f'train.ratio{suffix}', f'train ConCLR / ABINet step time [{precision}]',
+                   times['conclr'] / times['abinet'], 'x', ('<=', 3.15),
+                   note='ConCLR runs 3N images (original + 2 ConAug views) per N originals')
+        step_times[precision] = times['conclr']
+    return step_times
+
+
+def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
+    """2. ConAug (both views of a batch, the callback's code path) against a per-sample loop."""
+    config = model_config(CONCLR, s.size, s.config_path)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    pretransform = ConAugPretransform(side=config.conaug_side)
+
+    def vectorised(batch: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+        x, y, lengths = batch
+        return lambda: pretransform.on_batch_begin(last_input=x, last_target=(y, lengths), train=True)
+
+    def loop(batch: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+        x, y, lengths = batch
+
+        def run() -> None:
+            perm1, left1, perm2, left2 = draw_conaug_params(x.shape[0], config.conaug_side, device=x.device)
+            conaug_loop(x, y, lengths, perm1, left1)
+            conaug_loop(x, y, lengths, perm2, left2)
+        return run
+
+    small = make_batch(min(s.conaug_batch, 64), charset, 32, 128, s.device, seed=3)
+    report.add('conaug.equal', 'ConAug vectorised == per-sample loop', float(conaug_check(*small)), 'bool',
+               ('>=', 1), note=f'{small[0].shape[0]} samples, 32x128, side=sample, images to 1e-6, targets exact')
+
+    big = make_batch(s.conaug_batch, charset, 32, 128, s.device, seed=4)
+    repeats = max(3, s.steps)
+    vec = median_time(vectorised(big), repeats, 1, s.device)
+    ref = median_time(loop(big), max(1, repeats // 3), 1 if not s.quick else 0, s.device)
+    scaled_step = conclr_step * s.conaug_batch / s.batch
+    step_note = (f'ConCLR step measured at batch {s.batch}' if s.batch == s.conaug_batch else
+                 f'vs ConCLR step scaled linearly from batch {s.batch} to {s.conaug_batch}')
+    n = s.conaug_batch
+    report.add('conaug.b384.vec_s', f'ConAug batch {n} (2 views) vectorised', vec, 's',
+               note=f'32x128, C={charset.num_classes}, T={config.dataset_max_length + 1}; callback on_batch_begin')
+    report.add('conaug.b384.loop_s', f'ConAug batch {n} (2 views) per-sample loop', ref, 's')
+    report.add('conaug.b384.speedup', f'ConAug batch {n} speed-up over loop', ref / vec, 'x', ('>=', 20))
+    report.add('conaug.b384.frac_step', f'ConAug batch {n} / ConCLR step', vec / scaled_step, 'frac', ('<', 0.02),
+               note=step_note)
+
+    model_batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device, 5)
+    vec_b = median_time(vectorised(model_batch), repeats, 1, s.device)
+    report.add('conaug.batch.vec_s', f'ConAug model batch {s.batch} vectorised', vec_b, 's',
+               note=f'{config.dataset_image_height}x{config.dataset_image_width}')
+    report.add('conaug.batch.frac_step', f'ConAug model batch {s.batch} / ConCLR step', vec_b / conclr_step, 'frac',
+               ('<', 0.02), note='both measured at the model batch')
+
+
+def section_contrastive(s: Settings, report: Report, conclr_step: float) -> None:
+    """3. Contrastive loss forward + backward against a per-anchor loop."""
+    config = model_config(CONCLR, s.size, s.config_path)
+    t_slots = config.dataset_max_length + 1
+    ok, worst = contrastive_check(s.device, n=min(8, s.clr_n), t_slots=t_slots)
+    report.add('clr.equal', 'contrastive vectorised == per-anchor loop', float(ok), 'bool', ('>=', 1),
+               note=f'value and gradients, N=8, T={t_slots}, E=16, include_eos both')
+    report.add('clr.max_rel_err', 'contrastive largest relative error', worst, '', ('<=', 1e-4))
+
+    def fwd_bwd(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], n: int | None = None
+                ) -> Callable[[], None]:
+        sub = inputs if n is None else tuple(t[:n].detach().requires_grad_(t.requires_grad) for t in inputs)
+
+        def run() -> None:
+            loss = fn(*sub[:6], tau=config.training_tau, include_eos=config.training_include_eos, valid=sub[6])
+            loss.backward()
+        return run
+
+    repeats = max(3, s.steps)
+    big = contrastive_inputs(s.clr_n, t_slots, 128, 37, s.device, seed=2)
+    vec = median_time(fwd_bwd(contrastive_loss, big), repeats, 1, s.device)
+    loop_n = min(s.clr_loop_n, s.clr_n)
+    ref = median_time(fwd_bwd(contrastive_loss_loop, big, loop_n), 1, 0, s.device) * s.clr_n / loop_n
+    scaled_step = conclr_step * s.clr_n / s.batch
+    n = s.clr_n
+    report.add('clr.n384.vec_s', f'contrastive N={n} fwd+bwd vectorised', vec, 's', note=f'T={t_slots}, E=128')
+    report.add('clr.n384.loop_s', f'contrastive N={n} fwd+bwd per-anchor loop', ref, 's',
+               note=f'timed on {loop_n} samples, extrapolated linearly in N')
+    report.add('clr.n384.speedup', f'contrastive N={n} speed-up over loop', ref / vec, 'x')
+    report.add('clr.n384.frac_step', f'contrastive N={n} / ConCLR step', vec / scaled_step, 'frac', ('<', 0.02),
+               note=(f'ConCLR step measured at batch {s.batch}' if s.batch == n else
+                     f'vs ConCLR step scaled linearly from batch {s.batch} to {n}'))
+    e = config.model_projection_channels
+    at_batch = contrastive_inputs(s.batch, t_slots, e, 37, s.device, seed=6)
+    vec_b = median_time(fwd_bwd(contrastive_loss, at_batch), repeats, 1, s.device)
+    report.add('clr.batch.vec_s', f'contrastive model batch {s.batch} fwd+bwd', vec_b, 's', note=f'E={e}')
+    report.add('clr.batch.frac_step', f'contrastive model batch {s.batch} / ConCLR step', vec_b / conclr_step, 'frac',
+               ('<', 0.02), note='both measured at the model batch')
+
+
+@contextlib.contextmanager
+def loader_lmdb(path: str | None, samples: int) -> Iterator[tuple[str, str]]:
+    """(LMDB path, description): the given or real one when present, else a synthetic one rendered in a temp dir."""
+    candidate = Path(path) if path is not None else REAL_LMDB
+    if (candidate / 'data.mdb').is_file():
+        yield str(candidate), f'real LMDB {candidate.resolve().name}'
+        return
+    from tools import render_synthetic
+    tmp = tempfile.mkdtemp(prefix='benchmark_lmdb_')
+    try:
+        render_synthetic.main(['--output', tmp, '--num_train', str(samples), '--num_test', '1', '--workers', '1',
+                               '--vocab_size', '200'])
+        yield os.path.join(tmp, 'train'), f'synthetic LMDB ({candidate} not found)'
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _official_step(s: Settings, name: str) -> tuple[float, str]:
+    """Step time of the official-size model at the official batch, measured at a probe batch and scaled."""
+    config = model_config(name, s.official_size)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    torch.manual_seed(0)
+    model = build_model(config)
+    batch = make_batch(s.official_probe_batch, charset, config.dataset_image_height, config.dataset_image_width,
+                       s.device, seed=7)
+    step = make_train_step(model, config, batch, s.device)
+    probe = median_time(step, s.official_steps, 1, s.device)
+    scaled = probe * OFFICIAL_BATCH / s.official_probe_batch
+    how = ('measured at batch 384' if s.official_probe_batch == OFFICIAL_BATCH else
+           f'{s.official_size} model at batch {s.official_probe_batch}, scaled linearly to 384')
+    return scaled, how
+
+
+def section_loader(s: Settings, report: Report) -> None:
+    """4. Input pipeline: images/s of one worker (ImageDataset.__getitem__ in this process) vs consumption."""
+    from dataset import ImageDataset, close_lmdb
+
+    config = model_config(ABINET, s.size, s.config_path)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    with loader_lmdb(s.lmdb, s.loader_samples) as (path, what):
+        rates = {}
+        for aug in (True, False):
+            ds = ImageDataset(path, charset, True, img_h=config.dataset_image_height,
+                              img_w=config.dataset_image_width, data_aug=aug, seed=0)
+            count = min(s.loader_samples, len(ds))
+            for i in range(min(4, count)):  # warm-up: open the LMDB, first decodes
+                ds[i]
+            start = time.perf_counter()
+            for i in range(count):
+                ds[i]
+            rates[aug] = count / (time.perf_counter() - start)
+            report.add(f'loader.{"aug" if aug else "noaug"}.img_s',
+                       f'loader one worker, data_aug {aug}', rates[aug], 'img/s',
+                       note=f'{what}, {count} samples, training mode')
+        close_lmdb(path)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    steps = {}
+    for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
+        steps[tag], how = _official_step(s, name)
+        report.add(f'loader.official.{tag}.step_s', f'official {tag} step at batch 384', steps[tag], 's', note=how)
+    consumption = OFFICIAL_BATCH / min(steps.values())
+    report.add('loader.consumption.img_s', 'training consumption at batch 384', consumption, 'img/s',
+               note='ABINet-Vision, the faster consumer (ConCLR takes ~1/3 of that)')
+    share = consumption / cores
+    report.add('loader.core_share.img_s', f'one core\'s share ({cores} cores)', share, 'img/s')
+    verdict = 'workers = cores is enough' if rates[True] >= share else 'workers = cores is NOT enough'
+    report.add('loader.ratio', 'one augmenting worker / core share', rates[True] / share, 'x', ('>=', 1),
+               note=verdict)
+
+
+def section_infer(s: Settings, report: Report) -> None:
+    """5a. Evaluation-mode images/s of the vision model at two batch sizes, per precision."""
+    config = model_config(ABINET, s.size, s.config_path)
+    torch.manual_seed(0)
+    model = build_model(config).to(s.device).eval()
+    small, large = s.infer_batches
+    for precision in s.precisions:
+        suffix = '' if precision == 'amp_off' else f'@{precision}'
+        rates = {}
+        for b in (small, large):
+            x = torch.randn(b, 3, config.dataset_image_height, config.dataset_image_width, device=s.device)
+
+            @torch.no_grad()
+            def run(x: torch.Tensor = x) -> None:
+                with autocast(s.device, precision):
+                    model(x)
+            repeats = s.infer_repeats if b == small else max(2, s.steps)
+            rates[b] = b / median_time(run, repeats, 1, s.device)
+        report.add(f'infer.b1.img_s{suffix}', f'eval batch {small} [{precision}]', rates[small], 'img/s',
+                   note='eval mode, no_grad, vision model')
+        report.add(f'infer.b64.img_s{suffix}', f'eval batch {large} [{precision}]', rates[large], 'img/s')
+        report.add(f'infer.ratio{suffix}', f'eval batch {large} / batch {small} [{precision}]',
+                   rates[large] / rates[small], 'x', ('>=', 3))
+
+
+def _demo_main() -> Callable[[list[str]], Any] | None:
+    """demo.main when demo.py exists and has main(argv), else None."""
+    if not (REPO_ROOT / 'demo.py').is_file():
+        return None
+    try:
+        demo = importlib.import_module('demo')
+    except Exception:
+        return None
+    main = getattr(demo, 'main', None)
+    return main if callable(main) else None
+
+
+def _demo_flags(demo_main: Callable[..., Any]) -> set[str]:
+    """The long options demo.py's parser knows (read from its parse_args, when it has one)."""
+    module = sys.modules.get(demo_main.__module__)
+    parse = getattr(module, 'parse_args', None)
+    try:
+        source = inspect.getsource(parse if parse is not None else module)
+    except (OSError, TypeError):
+        return set()
+    import re
+    return set(re.findall(r"'(--[a-z_]+)'", source))
+
+
+def section_demo(s: Settings, report: Report) -> None:
+    """5b. demo.py on a folder of sample images copied N times, at batch 1 and 64."""
+    demo_main = _demo_main()
+    small, large = s.infer_batches
+    keys = (('demo.b1.img_s', f'demo batch {small}'), ('demo.b64.img_s', f'demo batch {large}'),
+            ('demo.ratio', f'demo batch {large} / batch {small}'))
+    samples = sorted(DEMO_SAMPLES.glob('*.png')) if DEMO_SAMPLES.is_dir() else []
+    reason = ('skipped: demo.py missing' if demo_main is None else
+              'skipped: no sample images' if not samples else '')
+    flags = _demo_flags(demo_main) if demo_main is not None else set()
+    if not reason and not {'--config', '--input', '--batch_size'} <= flags:
+        reason = f'skipped: demo.py lacks --config/--input/--batch_size (has {sorted(flags)})'
+    if reason:
+        for key, label in keys:
+            report.add(key, label, None, 'img/s' if key != 'demo.ratio' else 'x',
+                       ('>=', 3) if key == 'demo.ratio' else None, note=reason)
+        return
+
+    from checkpoint import save_checkpoint
+
+    config = model_config(ABINET, s.size, s.config_path)
+    tmp = Path(tempfile.mkdtemp(prefix='benchmark_demo_'))
+    try:
+        folder = tmp / 'images'
+        folder.mkdir()
+        for k in range(s.demo_copies):
+            for path in samples:
+                shutil.copy(path, folder / f'{k:04d}_{path.name}')
+        count = s.demo_copies * len(samples)
+        torch.manual_seed(0)
+        checkpoint = save_checkpoint(tmp / 'model.pth', build_model(config))
+        config_file = tmp / 'benchmark.yaml'
+        config_file.write_text(_yaml_of(config), encoding='utf-8')
+        rates = {}
+        for b in (small, large):
+            argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(b)]
+            if '--checkpoint' in flags:
+                argv += ['--checkpoint', str(checkpoint)]
+            if '--device' in flags:
+                argv += ['--device', s.device.type]
+            if '--image_only' in flags:
+                argv.append('--image_only')
+            if '--output' in flags:
+                argv += ['--output', str(tmp / f'out_{b}')]
+            with contextlib.redirect_stdout(open(os.devnull, 'w')):
+                start = time.perf_counter()
+                demo_main(argv)
+                rates[b] = count / (time.perf_counter() - start)
+        note = f'{count} images ({s.demo_copies} copies of {len(samples)}), includes model loading'
+        report.add(keys[0][0], keys[0][1], rates[small], 'img/s', note=note)
+        report.add(keys[1][0], keys[1][1], rates[large], 'img/s')
+        report.add(keys[2][0], keys[2][1], rates[large] / rates[small], 'x', ('>=', 3))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _yaml_of(config: Config) -> str:
+    """A config file holding the model keys of `config` (nested YAML from joined keys of the template)."""
+    import yaml
+
+    template = yaml.safe_load((REPO_ROOT / 'configs' / 'template.yaml').read_text(encoding='utf-8'))
+    tree: dict[str, Any] = {}
+
+    def place(node: dict[str, Any], tmpl: dict[str, Any], prefix: str) -> None:
+        for key, value in tmpl.items():
+            joined = f'{prefix}_{key}' if prefix else key
+            if isinstance(value, dict):
+                child: dict[str, Any] = {}
+                place(child, value, joined)
+                if child:
+                    node[key] = child
+            elif joined.startswith(MODEL_KEY_PREFIXES + ('model_name',)) and joined in config:
+                node[key] = getattr(config, joined)
+    place(tree, template, '')
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--size', choices=SIZES, default=None, help='model size preset (default quarter; tiny with --quick)')
+    p.add_argument('--config', default=None, help='take the model-size keys from this config instead of --size')
+    p.add_argument('--batch', type=int, default=None, help='training batch (default 32; 2 with --quick)')
+    p.add_argument('--steps', type=int, default=None, help='timed steps k (median reported; default 5)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed warm-up steps (default 2)')
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: all usable cores)')
+    p.add_argument('--device', default='auto', help='cpu | cuda | cuda:N | auto')
+    p.add_argument('--amp', nargs='*', default=None, choices=('amp_off', 'bf16', 'fp16'),
+                   help='precisions for training and inference (default amp_off, plus bf16 and fp16 on CUDA)')
+    p.add_argument('--cpu_bf16', action='store_true', help='on CPU, add bf16 autocast to the precisions')
+    p.add_argument('--conaug_batch', type=int, default=None, help='ConAug batch (default 384)')
+    p.add_argument('--clr_n', type=int, default=None, help='contrastive loss batch N (default 384)')
+    p.add_argument('--clr_loop_n', type=int, default=None, help='samples the loop reference is timed on (default 32)')
+    p.add_argument('--lmdb', default=None, help=f'LMDB for the input pipeline (default {REAL_LMDB})')
+    p.add_argument('--loader_samples', type=int, default=None, help='samples read per loader setting (default 300)')
+    p.add_argument('--official_probe_batch', type=int, default=None,
+                   help='batch at which the official-size step is measured, then scaled to 384 (default 4 on CPU, '
+                        '96 on CUDA)')
+    p.add_argument('--official_step', action='store_true', help='measure the official step at batch 384 itself')
+    p.add_argument('--demo_copies', type=int, default=None, help='copies of the 8 demo images (default 16)')
+    p.add_argument('--sections', nargs='*', default=None,
+                   choices=('train', 'conaug', 'clr', 'loader', 'infer', 'demo'), help='run only these sections')
+    p.add_argument('--quick', action='store_true', help='tiny model and sizes: the whole harness in seconds')
+    p.add_argument('--output', default=None, help='write the table as JSON here')
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Resolve defaults (quick or full) and the device."""
+    if args.device == 'auto':
+        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    else:
+        device = torch.device(args.device)
+    q = args.quick
+
+    def pick(value: Any, quick: Any, full: Any) -> Any:
+        return value if value is not None else (quick if q else full)
+
+    if args.amp is not None:
+        precisions = list(dict.fromkeys(['amp_off', *args.amp]))
+    elif device.type == 'cuda':
+        precisions = ['amp_off', 'bf16', 'fp16']
+    else:
+        precisions = ['amp_off'] + (['bf16'] if args.cpu_bf16 else [])
+    probe = OFFICIAL_BATCH if args.official_step else pick(args.official_probe_batch, 1,
+                                                           96 if device.type == 'cuda' else 4)
+    return Settings(
+        device=device, size=pick(args.size, 'tiny', 'quarter'), config_path=args.config,
+        batch=pick(args.batch, 2, 32), steps=pick(args.steps, 1, 5), warmup=pick(args.warmup, 1, 2),
+        precisions=precisions, conaug_batch=pick(args.conaug_batch, 16, 384), clr_n=pick(args.clr_n, 16, 384),
+        clr_loop_n=pick(args.clr_loop_n, 4, 32), lmdb=args.lmdb, loader_samples=pick(args.loader_samples, 8, 300),
+        official_size='tiny' if q else 'official', official_probe_batch=probe,
+        official_steps=1 if q else 2, infer_batches=(1, 64), infer_repeats=3 if q else 20,
+        demo_copies=pick(args.demo_copies, 1, 16), quick=q)
+
+
+def run(argv: list[str] | None = None) -> Report:
+    """Run the benchmark and return its report (nothing printed)."""
+    args = parse_args(argv)
+    s = settings_from(args)
+    sections = set(args.sections) if args.sections else {'train', 'conaug', 'clr', 'loader', 'infer', 'demo'}
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    elif not s.quick:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    report = Report()
+    report.meta = {
+        'command': 'python tools/benchmark.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+        'device': str(s.device) + (f' ({torch.cuda.get_device_name(s.device)})' if s.device.type == 'cuda' else ''),
+        'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
+        'load_average_start': list(os.getloadavg()), 'size': s.config_path or s.size, 'batch': s.batch,
+        'steps': s.steps, 'warmup': s.warmup, 'precisions': s.precisions, 'quick': s.quick,
+    }
+    started = time.perf_counter()
+    try:
+        conclr_step = None
+        if sections & {'train', 'conaug', 'clr'}:
+            if 'train' in sections:
+                conclr_step = section_train(s, report)['amp_off']
+            else:
+                saved = s.precisions
+                s.precisions = ['amp_off']
+                conclr_step = section_train(s, Report())['amp_off']
+                s.precisions = saved
+        if 'conaug' in sections:
+            section_conaug(s, report, conclr_step)
+        if 'clr' in sections:
+            section_contrastive(s, report, conclr_step)
+        if 'loader' in sections:
+            section_loader(s, report)
+        if 'infer' in sections:
+            section_infer(s, report)
+        if 'demo' in sections:
+            section_demo(s, report)
+    finally:
+        torch.set_num_threads(threads_before)
+    report.meta['load_average_end'] = list(os.getloadavg())
+    report.meta['seconds'] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table and write the JSON (--output)."""
+    report = run(argv)
+    args = parse_args(argv)
+    m = report.meta
+    print(f"device {m['device']}, torch {m['torch']}, {m['threads']} threads, model {m['size']}, batch {m['batch']}, "
+          f"load average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}, {m['seconds']} s")
+    print(report.format())
+    failed = [r.label for r in report.rows if r.status == 'FAIL']
+    print(f'targets: {sum(r.status == "PASS" for r in report.rows)} PASS, {len(failed)} FAIL, '
+          f'{sum(r.status == "SKIP" for r in report.rows)} SKIP')
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report.to_json(), indent=2), encoding='utf-8')
+        print(f'wrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

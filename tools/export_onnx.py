@@ -1,0 +1,138 @@
+"""Export the inference model (BaseVision) to ONNX with a dynamic batch axis, and check it with onnxruntime.
+
+    python tools/export_onnx.py --config configs/conclr_pretrain_vision_model.yaml --checkpoint best.pth \
+        --output conclr_vision.onnx --check
+
+Input `images` (N x 3 x H x W, ImageNet-normalised RGB); outputs `logits` (N x T x C), `attn_scores`
+(N x T x H/4 x W/4) and `pt_lengths` (N, int64). A ConCLR checkpoint loads with its projection head dropped.
+Uses torch's TorchScript-based exporter (`dynamo=False`), which needs no extra package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkpoint import CheckpointError  # noqa: E402
+from demo import DemoError, load_inference_model  # noqa: E402
+from utils import Config, ConfigError  # noqa: E402
+
+INPUT_NAME = 'images'
+OUTPUT_NAMES = ('logits', 'attn_scores', 'pt_lengths')
+EXPORT_BATCH = 2
+CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
+
+
+class OnnxVision(nn.Module):
+    """BaseVision's output dict as the tuple (logits, attn_scores, pt_lengths) an ONNX graph can return."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out['logits'], out['attn_scores'], out['pt_lengths']
+
+
+@contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """Trace the plain nn.MultiheadAttention path, not the fused inference kernel."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def export_onnx(model: nn.Module, output: str | Path, image_size: tuple[int, int], opset: int = 17,
+                batch_size: int = EXPORT_BATCH) -> Path:
+    """Write `model` (a BaseVision, in eval mode) as ONNX with a dynamic batch axis; image_size is (H, W)."""
+    import onnx
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = OnnxVision(model).eval()
+    example = torch.randn(batch_size, 3, *image_size)
+    dynamic = {name: {0: 'batch'} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
+        # nn.MultiheadAttention's checks of embedding sizes trace as constants; they do not involve the batch
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, (example,), str(output), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                          do_constant_folding=True)
+    onnx.checker.check_model(str(output))
+    return output
+
+
+def run_onnx(path: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The ONNX model's outputs by name for a float32 N x 3 x H x W batch (onnxruntime, CPU)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {INPUT_NAME: images.astype(np.float32)})))
+
+
+@torch.no_grad()
+def check_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int], batch_size: int = CHECK_BATCH,
+               seed: int = 0) -> dict[str, float]:
+    """Max absolute difference of each output between PyTorch and onnxruntime on a random batch."""
+    images = torch.randn(batch_size, 3, *image_size, generator=torch.Generator().manual_seed(seed))
+    reference = OnnxVision(model).eval()(images)
+    outputs = run_onnx(path, images.numpy())
+    diffs = {}
+    for name, ref in zip(OUTPUT_NAMES, reference):
+        got = outputs[name]
+        if got.shape != tuple(ref.shape):
+            raise ValueError(f'ONNX output {name} has shape {got.shape}, PyTorch {tuple(ref.shape)}')
+        diffs[name] = float(np.abs(got.astype(np.float64) - ref.double().numpy()).max())
+    return diffs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', required=True, help='config the checkpoint was trained with')
+    parser.add_argument('--checkpoint', required=True, help='ABINet-Vision, BaseVision or ConCLR checkpoint')
+    parser.add_argument('--output', required=True, help='.onnx file to write')
+    parser.add_argument('--opset', type=int, default=17, help='ONNX opset version')
+    parser.add_argument('--check', action='store_true', help=f'compare with PyTorch in onnxruntime on a random '
+                        f'batch of {CHECK_BATCH} (exported with {EXPORT_BATCH})')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one `error:` line on stderr and exit status 2."""
+    args = parse_args(argv)
+    try:
+        config = Config(args.config)
+        model = load_inference_model(config, args.checkpoint)
+        size = (config.dataset_image_height, config.dataset_image_width)
+        path = export_onnx(model, args.output, size, args.opset)
+        print(f'wrote {path} (opset {args.opset}, input {INPUT_NAME} N x 3 x {size[0]} x {size[1]}, outputs '
+              f'{", ".join(OUTPUT_NAMES)})')
+        if args.check:
+            diffs = check_onnx(model, path, size)
+            print('max abs difference to PyTorch (batch of %d): %s' % (
+                CHECK_BATCH, ', '.join(f'{k} {v:.3g}' for k, v in diffs.items())))
+    except (DemoError, ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
