@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import yaml
 
 from tools.create_lmdb_dataset import write_lmdb
@@ -56,3 +58,21 @@ def tiny_config(tmp_path: Path, train_root: Path, test_roots: list[Path], conclr
                         **training},
            'optimizer': {'lr': 0.003},
            'model': model})
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights AND BatchNorm running statistics (so eval-mode BN is not the identity); eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point() or name.endswith('.pe'):
+                continue
+            if name.endswith('running_var'):
+                t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
+            elif name.endswith(('running_mean', 'bias')):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+            elif t.dim() == 1:  # BN / LayerNorm weights
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
+    return model.eval()

@@ -1,7 +1,6 @@
 """demo.py: every checkpoint kind, folder and wildcard input, bad files and the error exits, against a plain
 reference pipeline (cv2 + numpy preprocessing, load_state_dict, loop decoding)."""
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import demo
 from checkpoint import save_checkpoint
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
+from tests.helpers import randomise
 from utils import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,18 +44,8 @@ def write_config(tmp_path: Path, conclr: bool = False, name: str = 'tiny') -> Pa
 def seeded(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights and BN statistics, with a classifier that predicts words of varied length."""
     g = torch.Generator().manual_seed(seed)
+    randomise(model, seed)
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point() or name.endswith('.pe'):
-                continue
-            if name.endswith('running_var'):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith(('running_mean', 'bias')):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.dim() == 1:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
         # Glimpses of random weights hardly differ between slots and images: centre and scale the classifier on
         # them, and lift the null class so that about 40 % of the slots end the word.
         model.eval()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import yaml
 
 from modules.model_vision import BaseVision
+from tests.helpers import randomise
 from utils import Config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,24 +38,6 @@ def sinusoid(length: int, d: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(angle)
     table[:, 1::2] = torch.cos(angle)[:, :d // 2]
     return table
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random weights AND BatchNorm running statistics, so eval-mode BN is not the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point() or name.endswith('.pe'):
-                continue
-            if name.endswith('running_var'):
-                t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
-            elif name.endswith('running_mean') or name.endswith('bias'):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-            elif t.dim() == 1:  # BN / LayerNorm weights
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(fan_in))
 
 
 # ---------------------------------------------------------------- functional reference (spec section 1 only)

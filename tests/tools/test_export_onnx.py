@@ -1,7 +1,6 @@
 """tools/export_onnx.py: the ONNX graph run by onnxruntime matches PyTorch on a batch size it was not exported
 with, and the command line exports a ConCLR checkpoint."""
 
-import math
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from checkpoint import save_checkpoint
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
+from tests.helpers import randomise
 from tools import export_onnx
 from utils import Config
 
@@ -34,24 +34,6 @@ def write_config(tmp_path: Path, conclr: bool = False, **vision) -> Path:
                                                                                     'charset_36.txt')},
                                     'model': model}))
     return path
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights and BatchNorm statistics (so eval-mode BatchNorm is not the identity), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point() or name.endswith('.pe'):
-                continue
-            if name.endswith('running_var'):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith(('running_mean', 'bias')):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-            elif t.dim() == 1:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
-    return model.eval()
 
 
 @pytest.mark.parametrize('vision', [{}, {'attention': 'attention'}, {'backbone': 'resnet'}])
