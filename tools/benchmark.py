@@ -66,6 +66,7 @@ SIZES = ('tiny', 'quarter', 'official')
 # keys). A value is None when that line was skipped.
 METRIC_KEYS = (
     'train.abinet.step_s', 'train.abinet.img_s', 'train.conclr.step_s', 'train.conclr.img_s', 'train.ratio',
+    'train.abinet3n.step_s', 'train.conclr_overhead',
     'conaug.equal', 'conaug.b384.vec_s', 'conaug.b384.loop_s', 'conaug.b384.speedup', 'conaug.b384.frac_step',
     'conaug.batch.vec_s', 'conaug.batch.frac_step',
     'clr.equal', 'clr.max_rel_err', 'clr.n384.vec_s', 'clr.n384.loop_s', 'clr.n384.speedup', 'clr.n384.frac_step',
@@ -170,6 +171,26 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
+                        repeats_of: dict[str, int] | None = None) -> dict[str, float]:
+    """Median wall time of each function, timed in alternation (round k runs each once) so that a change in the
+    machine's load hits all of them alike; `repeats_of` lowers the count for slow ones."""
+    counts = {k: max(1, (repeats_of or {}).get(k, repeats)) for k in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for round_ in range(max(counts.values())):
+        for key, fn in fns.items():
+            if round_ < counts[key]:
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -397,29 +418,41 @@ class Settings:
 
 
 def section_train(s: Settings, report: Report) -> dict[str, float]:
-    """1. Training throughput of ABINet-Vision and ConCLR-Vision at the same size and batch, per precision."""
+    """1. Training throughput of ABINet-Vision and ConCLR-Vision at the same size and batch, per precision.
+
+    The steps are timed in alternation, plus ABINet-Vision at batch 3N: ConCLR's step runs 3N images, so
+    ConCLR(N) / ABINet(3N) is ConCLR's own overhead (ConAug, projection head, losses), apart from how the
+    model's cost grows with the batch.
+    """
     step_times: dict[str, float] = {}
+    models = (('abinet', ABINET, s.batch), ('conclr', CONCLR, s.batch), ('abinet3n', ABINET, 3 * s.batch))
     for precision in s.precisions:
         suffix = '' if precision == 'amp_off' else f'@{precision}'
-        times = {}
-        for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
+        steps, params = {}, {}
+        for tag, name, batch_size in models:
             config = model_config(name, s.size, s.config_path)
             charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
             torch.manual_seed(0)
             model = build_model(config)
-            batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device)
-            step = make_train_step(model, config, batch, s.device, precision)
-            times[tag] = median_time(step, s.steps, s.warmup, s.device)
-            label = 'ABINet-Vision' if tag == 'abinet' else 'ConCLR-Vision'
-            params = sum(p.numel() for p in model.parameters())
+            params[tag] = sum(p.numel() for p in model.parameters())
+            batch = make_batch(batch_size, charset, config.dataset_image_height, config.dataset_image_width, s.device)
+            steps[tag] = make_train_step(model, config, batch, s.device, precision)
+        times = interleaved_medians(steps, s.steps, s.warmup, s.device)
+        del steps
+        for tag, label in (('abinet', 'ABINet-Vision'), ('conclr', 'ConCLR-Vision')):
             report.add(f'train.{tag}.step_s{suffix}', f'train {label} step [{precision}]', times[tag], 's',
-                       note=f'median of {s.steps} after {s.warmup} warm-up; batch {s.batch}, {params:,} params')
+                       note=f'median of {s.steps} after {s.warmup} warm-up, interleaved; batch {s.batch}, '
+                            f'{params[tag]:,} params')
             report.add(f'train.{tag}.img_s{suffix}', f'train {label} images/s [{precision}]', s.batch / times[tag],
                        'img/s', note='original images (batch size) per second')
-            del model, step
         report.add(f'train.ratio{suffix}', f'train ConCLR / ABINet step time [{precision}]',
                    times['conclr'] / times['abinet'], 'x', ('<=', 3.15),
                    note='ConCLR runs 3N images (original + 2 ConAug views) per N originals')
+        report.add(f'train.abinet3n.step_s{suffix}', f'train ABINet-Vision step at batch {3 * s.batch} [{precision}]',
+                   times['abinet3n'], 's', note='as many images as a ConCLR step')
+        report.add(f'train.conclr_overhead{suffix}', f'train ConCLR(N) / ABINet(3N) step time [{precision}]',
+                   times['conclr'] / times['abinet3n'], 'x',
+                   note='ConCLR\'s own cost: ConAug, projection head, 3 CE + contrastive loss')
         step_times[precision] = times['conclr']
     return step_times
 
@@ -449,8 +482,8 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
 
     big = make_batch(s.conaug_batch, charset, 32, 128, s.device, seed=4)
     repeats = max(3, s.steps)
-    vec = median_time(vectorised(big), repeats, 1, s.device)
-    ref = median_time(loop(big), max(1, repeats // 3), 1 if not s.quick else 0, s.device)
+    timed = interleaved_medians({'vec': vectorised(big), 'loop': loop(big)}, repeats, 1, s.device)
+    vec, ref = timed['vec'], timed['loop']
     scaled_step = conclr_step * s.conaug_batch / s.batch
     step_note = (f'ConCLR step measured at batch {s.batch}' if s.batch == s.conaug_batch else
                  f'vs ConCLR step scaled linearly from batch {s.batch} to {s.conaug_batch}')
@@ -463,7 +496,7 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
                note=step_note)
 
     model_batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device, 5)
-    vec_b = median_time(vectorised(model_batch), repeats, 1, s.device)
+    vec_b = median_time(vectorised(model_batch), 2 * repeats, 1, s.device)
     report.add('conaug.batch.vec_s', f'ConAug model batch {s.batch} vectorised', vec_b, 's',
                note=f'{config.dataset_image_height}x{config.dataset_image_width}')
     report.add('conaug.batch.frac_step', f'ConAug model batch {s.batch} / ConCLR step', vec_b / conclr_step, 'frac',
@@ -520,8 +553,9 @@ def loader_lmdb(path: str | None, samples: int) -> Iterator[tuple[str, str]]:
     from tools import render_synthetic
     tmp = tempfile.mkdtemp(prefix='benchmark_lmdb_')
     try:
-        render_synthetic.main(['--output', tmp, '--num_train', str(samples), '--num_test', '1', '--workers', '1',
-                               '--vocab_size', '200'])
+        with contextlib.redirect_stdout(sys.stderr):  # its summary would break up the table
+            render_synthetic.main(['--output', tmp, '--num_train', str(samples), '--num_test', '1', '--workers', '1',
+                                   '--vocab_size', '200'])
         yield os.path.join(tmp, 'train'), f'synthetic LMDB ({candidate} not found)'
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -570,7 +604,8 @@ def section_loader(s: Settings, report: Report) -> None:
     steps = {}
     for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
         steps[tag], how = _official_step(s, name)
-        report.add(f'loader.official.{tag}.step_s', f'official {tag} step at batch 384', steps[tag], 's', note=how)
+        report.add(f'loader.official.{tag}.step_s', f'{s.official_size}-size {tag} step at batch 384', steps[tag], 's',
+                   note=how)
     consumption = OFFICIAL_BATCH / min(steps.values())
     report.add('loader.consumption.img_s', 'training consumption at batch 384', consumption, 'img/s',
                note='ABINet-Vision, the faster consumer (ConCLR takes ~1/3 of that)')
@@ -589,16 +624,17 @@ def section_infer(s: Settings, report: Report) -> None:
     small, large = s.infer_batches
     for precision in s.precisions:
         suffix = '' if precision == 'amp_off' else f'@{precision}'
-        rates = {}
+        runs = {}
         for b in (small, large):
             x = torch.randn(b, 3, config.dataset_image_height, config.dataset_image_width, device=s.device)
 
             @torch.no_grad()
-            def run(x: torch.Tensor = x) -> None:
+            def run(x: torch.Tensor = x, precision: str = precision) -> None:
                 with autocast(s.device, precision):
                     model(x)
-            repeats = s.infer_repeats if b == small else max(2, s.steps)
-            rates[b] = b / median_time(run, repeats, 1, s.device)
+            runs[b] = run
+        times = interleaved_medians(runs, max(2, s.steps), 1, s.device, repeats_of={small: s.infer_repeats})
+        rates = {b: b / t for b, t in times.items()}
         report.add(f'infer.b1.img_s{suffix}', f'eval batch {small} [{precision}]', rates[small], 'img/s',
                    note='eval mode, no_grad, vision model')
         report.add(f'infer.b64.img_s{suffix}', f'eval batch {large} [{precision}]', rates[large], 'img/s')
@@ -668,16 +704,20 @@ def section_demo(s: Settings, report: Report) -> None:
             argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(b)]
             if '--checkpoint' in flags:
                 argv += ['--checkpoint', str(checkpoint)]
-            if '--device' in flags:
-                argv += ['--device', s.device.type]
+            if '--cuda' in flags:
+                argv += ['--cuda', str(s.device.index or 0) if s.device.type == 'cuda' else '-1']
+            elif '--device' in flags:
+                argv += ['--device', str(s.device)]
             if '--image_only' in flags:
                 argv.append('--image_only')
             if '--output' in flags:
                 argv += ['--output', str(tmp / f'out_{b}')]
-            with contextlib.redirect_stdout(open(os.devnull, 'w')):
+            with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
                 start = time.perf_counter()
-                demo_main(argv)
+                status = demo_main(argv)
                 rates[b] = count / (time.perf_counter() - start)
+            if status not in (0, None):
+                raise RuntimeError(f'demo.main({argv}) returned {status}')
         note = f'{count} images ({s.demo_copies} copies of {len(samples)}), includes model loading'
         report.add(keys[0][0], keys[0][1], rates[small], 'img/s', note=note)
         report.add(keys[1][0], keys[1][1], rates[large], 'img/s')
@@ -705,6 +745,24 @@ def _yaml_of(config: Config) -> str:
                 node[key] = getattr(config, joined)
     place(tree, template, '')
     return yaml.safe_dump(tree, sort_keys=False)
+
+
+def tune_malloc() -> bool:
+    """glibc only: keep freed memory in the process (no trimming, no mmap for big blocks); False elsewhere.
+
+    glibc hands large freed blocks back to the kernel, so the next step's activations fault their pages in
+    again; on a virtual machine that can cost 10-15 % of a CPU training step. Irreversible for this process.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library('c')
+    try:
+        libc = ctypes.CDLL(name or 'libc.so.6')
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(libc.mallopt(m_mmap_threshold, 2**30))
+    except (OSError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -735,6 +793,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--demo_copies', type=int, default=None, help='copies of the 8 demo images (default 16)')
     p.add_argument('--sections', nargs='*', default=None,
                    choices=('train', 'conaug', 'clr', 'loader', 'infer', 'demo'), help='run only these sections')
+    p.add_argument('--malloc_tune', action='store_true',
+                   help='glibc: keep freed memory in the process (shows the cost of page faults on CPU)')
     p.add_argument('--quick', action='store_true', help='tiny model and sizes: the whole harness in seconds')
     p.add_argument('--output', default=None, help='write the table as JSON here')
     return p.parse_args(argv)
@@ -779,6 +839,7 @@ def run(argv: list[str] | None = None) -> Report:
         torch.set_num_threads(args.threads)
     elif not s.quick:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    malloc_tuned = tune_malloc() if args.malloc_tune else False
     report = Report()
     report.meta = {
         'command': 'python tools/benchmark.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
@@ -786,6 +847,7 @@ def run(argv: list[str] | None = None) -> Report:
         'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_start': list(os.getloadavg()), 'size': s.config_path or s.size, 'batch': s.batch,
         'steps': s.steps, 'warmup': s.warmup, 'precisions': s.precisions, 'quick': s.quick,
+        'malloc_tuned': malloc_tuned,
     }
     started = time.perf_counter()
     try:
@@ -822,6 +884,10 @@ def main(argv: list[str] | None = None) -> int:
     m = report.meta
     print(f"device {m['device']}, torch {m['torch']}, {m['threads']} threads, model {m['size']}, batch {m['batch']}, "
           f"load average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}, {m['seconds']} s")
+    busy = m['load_average_start'][0]
+    if busy > (m['cpu_count'] or 1) - m['threads'] + 0.5:
+        print(f"warning: load average {busy:.2f} on {m['cpu_count']} cores with {m['threads']} torch threads: other "
+              'processes compete for the cores and timings are noisy (multi-threaded ones most; try --threads 1)')
     print(report.format())
     failed = [r.label for r in report.rows if r.status == 'FAIL']
     print(f'targets: {sum(r.status == "PASS" for r in report.rows)} PASS, {len(failed)} FAIL, '
