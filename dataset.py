@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -206,9 +207,10 @@ class ImageDataset(Dataset):
         return self._num_replaced.value
 
     def _rng(self, i: int) -> np.random.Generator:
-        # torch.initial_seed() differs per DataLoader worker and per epoch; the counter differs per draw.
+        # torch.initial_seed() differs per DataLoader worker (and per epoch without persistent workers), the rank
+        # per process of a distributed run (all seeded alike), the counter per draw within a process.
         self._draws += 1
-        entropy = [torch.initial_seed(), self._draws, i]
+        entropy = [torch.initial_seed(), process_rank(), self._draws, i]
         if self.seed is not None:
             entropy.append(self.seed % 2**63)
         return np.random.default_rng(entropy)
@@ -264,6 +266,37 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         mode = 'train' if self.is_training else 'test'
         return f'{type(self).__name__}({self.path!r}, {mode}, {len(self)} samples)'
+
+
+def process_rank() -> int:
+    """The distributed rank torchrun gives this process (0 when not distributed)."""
+    return int(os.environ.get('RANK', 0))
+
+
+def limit_opencv_threads() -> None:
+    """One OpenCV thread in this process and in the DataLoader workers it forks (they inherit the setting).
+
+    OpenCV's own thread pool fights the training threads (and the other workers) for the cores of small machines.
+    Call it in the main process before creating worker processes: a forked worker must not call
+    cv2.setNumThreads itself, because reconfiguring a thread pool its parent had started hangs (the copied pool
+    waits in pthread_cond_destroy for threads that do not exist in the child).
+    """
+    cv2.setNumThreads(1)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: seed Python, NumPy and torch distinctly per worker and per rank (pair it with
+    `limit_opencv_threads` in the parent for one OpenCV thread per worker).
+
+    torch gives worker k the seed base_seed + k, with base_seed drawn in the main process: processes of a
+    distributed run that share a seed draw the same base_seed, so the rank is mixed in here.
+    """
+    seq = np.random.SeedSequence([torch.initial_seed(), process_rank(), worker_id])
+    low, high = (int(v) for v in seq.generate_state(2, np.uint32))
+    seed = (high << 32 | low) & (2**63 - 1)
+    random.seed(seed)
+    np.random.seed(low)
+    torch.manual_seed(seed)
 
 
 def dataset_kwargs(config: Any, is_training: bool) -> dict[str, Any]:

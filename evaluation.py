@@ -1,13 +1,19 @@
-"""Evaluation through the fastai Learner, and the results table of the test phase."""
+"""Evaluation through the fastai Learner (gathered exactly across processes), and the test-phase results table."""
 
 from __future__ import annotations
 
 import csv
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
-from fastai.basic_train import Learner
+import numpy as np
+import torch
+from fastai.basic_train import Learner, LearnerCallback
 
+from callbacks.distributed import ShardedBatchSampler, all_gather_objects, broadcast_buffers, interleave, unwrap
 from callbacks.metrics import TextAccuracy, WordMetrics
 from utils import CharsetMapper
 
@@ -29,12 +35,81 @@ class EvalResult:
         return {**self.metrics.summary(), 'loss': self.loss}
 
 
+class _BatchLosses(LearnerCallback):
+    """Records every validation batch's loss (float32) and size, in order."""
+
+    _order = 10
+
+    def __init__(self, learn: Learner):
+        super().__init__(learn)
+        self.losses: list[float] = []
+        self.sizes: list[int] = []
+
+    def on_batch_end(self, last_loss: torch.Tensor, last_target: Any, train: bool, **kwargs: Any) -> None:
+        if train:
+            return
+        target = last_target[0] if isinstance(last_target, (list, tuple)) else last_target
+        self.losses.append(float(last_loss))
+        self.sizes.append(int(target.shape[0]))
+
+
+def weighted_loss(losses: list[float], sizes: list[int]) -> float:
+    """Batch-size-weighted mean of per-batch losses, computed exactly as fastai's `validate` does (float32)."""
+    if not sizes:
+        return math.nan
+    nums = np.array(sizes, dtype=np.float32)
+    return float((np.array(losses, dtype=np.float32) * nums).sum() / nums.sum())
+
+
+def _sharded_sampler(dl: Any) -> ShardedBatchSampler | None:
+    inner = getattr(dl, 'dl', dl)  # fastai's DeviceDataLoader wraps the torch DataLoader
+    sampler = getattr(inner, 'batch_sampler', None)
+    return sampler if isinstance(sampler, ShardedBatchSampler) else None
+
+
+@contextmanager
+def _unwrapped(learn: Learner) -> Iterator[None]:
+    """Evaluate with the plain model: a DDP forward may start collectives, and shards can differ by a batch."""
+    wrapped = learn.model
+    model = unwrap(wrapped)
+    if model is wrapped:
+        yield
+        return
+    broadcast_buffers(wrapped)  # every rank evaluates with rank 0's BatchNorm statistics, as its checkpoint has
+    learn.model = model
+    try:
+        yield
+    finally:
+        learn.model = wrapped
+
+
 def evaluate(learn: Learner, dl, charset: CharsetMapper, case_sensitive: bool = False, model_eval: str = 'vision',
              record: bool = False, name: str = 'eval', left_out: int = 0) -> EvalResult:
-    """Run `learn.validate` on `dl` with the TextAccuracy metric; the model is left in eval mode."""
-    accuracy = TextAccuracy(learn, charset, case_sensitive, model_eval, record)
-    values = learn.validate(dl=dl, metrics=[accuracy])
-    return EvalResult(name, accuracy.metrics, float(values[0]), left_out, list(accuracy.records))
+    """Evaluate `learn`'s model on `dl` with the TextAccuracy metric; the model is left in eval mode.
+
+    When `dl` draws its batches from a ShardedBatchSampler (a distributed run), every rank evaluates its share
+    and the per-batch losses and per-sample predictions of all ranks are gathered and put back in single-process
+    order before the metrics are computed, so the result equals a single-process evaluation exactly. Every rank
+    must call it then (it is a collective) and every rank gets the whole result.
+    """
+    accuracy = TextAccuracy(learn, charset, case_sensitive, model_eval, record=True)
+    batches = _BatchLosses(learn)
+    with _unwrapped(learn):
+        if len(dl):
+            learn.validate(dl=dl, callbacks=[batches], metrics=[accuracy])
+        else:  # a rank with no batch of its own (fewer batches than processes); fastai cannot validate nothing
+            learn.model.eval()
+    local = []
+    start = 0
+    for loss, size in zip(batches.losses, batches.sizes):
+        local.append((loss, size, accuracy.records[start:start + size]))
+        start += size
+    ordered = interleave(all_gather_objects(local)) if _sharded_sampler(dl) is not None else local
+    metrics = WordMetrics(case_sensitive)
+    records = [r for _, _, batch in ordered for r in batch]
+    metrics.update([pred for _, pred, _ in records], [gt for gt, _, _ in records])
+    loss = weighted_loss([b[0] for b in ordered], [b[1] for b in ordered])
+    return EvalResult(name, metrics, loss, left_out, records if record else [])
 
 
 def table_rows(results: list[EvalResult]) -> list[dict[str, float | int | str]]:

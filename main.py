@@ -1,4 +1,9 @@
-"""Train or evaluate ABINet-Vision / ConCLR-Vision with fastai 1.0.60 (ABINet's command line)."""
+"""Train or evaluate ABINet-Vision / ConCLR-Vision with fastai 1.0.60 (ABINet's command line).
+
+One process: `python main.py --config ...`. Several GPUs or machines: `torchrun --nproc_per_node=N main.py
+--config ...` (multi-node: add --nnodes and a rendezvous); see callbacks/distributed.py. A plain `python main.py`
+that sees several GPUs warns and trains on the first one only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import importlib
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -18,19 +24,39 @@ from fastai.train import GradientClipping
 from torch import nn
 from torch.utils.data import DataLoader
 
+from callbacks.amp import MixedPrecision, amp_mode
 from callbacks.conaug import ConAugPretransform
+from callbacks.distributed import (
+    DistEnv,
+    DistributedTrainer,
+    ResumableDistributedSampler,
+    ShardedBatchSampler,
+    all_gather_objects,
+    cleanup_distributed,
+    current_env,
+    is_distributed,
+    local_batch_size,
+    setup_distributed,
+    setup_rank_logger,
+    shared_seed,
+    unwrap,
+)
 from callbacks.iteration import IterationCallback
 from callbacks.lr_schedule import PiecewiseConstantLR
+from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from callbacks.tensorboard_images import log_eval_images
-from checkpoint import CheckpointError, load_weights
-from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset
+from checkpoint import CheckpointError, load_checkpoint, load_weights
+from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset, limit_opencv_threads, seed_worker
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
-from utils import CharsetMapper, Config, ConfigError, seed_everything, setup_logger
+from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
+from utils import CharsetMapper, Config, ConfigError, seed_everything
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
+# Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
+DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--phase', type=str, default=None, choices=['train', 'test'], help='overrides global.phase')
     parser.add_argument('--name', type=str, default=None, help='run name (work directory <workdir>/<name>)')
     parser.add_argument('--checkpoint', type=str, default=None, help='checkpoint of the whole model to load')
+    parser.add_argument('--resume', type=str, default=None, help='continue an interrupted training run from this '
+                        'checkpoint, or from the newest periodic checkpoint of this work directory')
     parser.add_argument('--test_root', type=str, nargs='+', default=None, help='LMDB(s) to evaluate instead of '
                         'dataset.test.roots')
     parser.add_argument('--model_eval', type=str, default='vision', help="output to evaluate ('vision')")
@@ -59,6 +87,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.global_name = args.name
     if args.checkpoint is not None:
         config.model_checkpoint = args.checkpoint
+    if args.resume is not None:
+        config.training_resume = args.resume
     if args.test_root is not None:
         config.dataset_test_roots = list(args.test_root)
     if not args.model_strict:
@@ -93,12 +123,19 @@ def is_conclr(model: nn.Module) -> bool:
     return hasattr(model, 'projection_head')
 
 
+def eval_dataloader(config: Config, dataset: torch.utils.data.Dataset, device: torch.device) -> DataLoader:
+    """Fixed-order evaluation batches of `dataset.test.batch_size`; in a distributed run this process's share
+    (batches dealt round-robin, see ShardedBatchSampler)."""
+    env = current_env(device)
+    limit_opencv_threads()  # before any worker is forked
+    batches = ShardedBatchSampler(len(dataset), config.dataset_test_batch_size, env.rank, env.world_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=config.dataset_num_workers,
+                      pin_memory=config.dataset_pin_memory and device.type == 'cuda', worker_init_fn=seed_worker)
+
+
 def test_loader(config: Config, dataset: torch.utils.data.Dataset, device: torch.device) -> DeviceDataLoader:
-    """Fixed-order evaluation loader."""
-    dl = DataLoader(dataset, batch_size=config.dataset_test_batch_size, shuffle=False,
-                    num_workers=config.dataset_num_workers,
-                    pin_memory=config.dataset_pin_memory and device.type == 'cuda')
-    return DeviceDataLoader(dl, device)
+    """Fixed-order evaluation loader (this process's share of it in a distributed run)."""
+    return DeviceDataLoader(eval_dataloader(config, dataset, device), device)
 
 
 def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_dl: DataLoader,
@@ -119,10 +156,26 @@ def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_
                    path=str(config.workdir), model_dir='.', silent=True)
 
 
-def train(config: Config, device: torch.device) -> IterationCallback:
-    """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots."""
-    logger = setup_logger(config.workdir, 'train')
+def _loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
+    """Seed of the training loader's own generator (worker base seeds), distinct per rank and per (re)start."""
+    return (sampler_seed * 1_000_003 + rank * 7_919 + iteration) % 2**63
+
+
+def train(config: Config, device: torch.device, env: DistEnv | None = None) -> IterationCallback:
+    """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots.
+
+    In a distributed run (torchrun) every process calls it with its own `env`; `dataset.train.batch_size` is the
+    global batch, split evenly over the processes. `training.resume` continues an interrupted run.
+    """
+    env = env or current_env(device)
+    logger = setup_rank_logger(config.workdir, 'train', env)
     logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
+    amp = amp_mode(config.training_amp)
+    global_batch = config.dataset_train_batch_size
+    batch = local_batch_size(global_batch, env.world_size)
+    if env.distributed:
+        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
+                    f'{global_batch} = {env.world_size} x {batch}')
     seed_everything(config.global_seed)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     train_set = get_dataset(config.dataset_train_roots, charset, True, **dataset_kwargs(config, True))
@@ -130,77 +183,155 @@ def train(config: Config, device: torch.device) -> IterationCallback:
     valid_set = torch.utils.data.ConcatDataset(list(test_sets.values()))
     logger.info(f'training samples {len(train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(valid_set)} from {", ".join(test_sets)}')
-    if len(train_set) < config.dataset_train_batch_size:
-        raise DatasetError(f'{len(train_set)} training samples are fewer than one batch '
-                           f'({config.dataset_train_batch_size})')
-    train_dl = DataLoader(train_set, batch_size=config.dataset_train_batch_size, shuffle=True, drop_last=True,
-                          num_workers=config.dataset_num_workers,
-                          pin_memory=config.dataset_pin_memory and device.type == 'cuda',
-                          persistent_workers=config.dataset_num_workers > 0)
-    valid_dl = DataLoader(valid_set, batch_size=config.dataset_test_batch_size, shuffle=False,
-                          num_workers=config.dataset_num_workers)
+    if len(train_set) < global_batch:
+        raise DatasetError(f'{len(train_set)} training samples are fewer than one batch ({global_batch})')
+
+    resume_path = find_checkpoint(config.training_resume) if config.training_resume else None
+    state = load_checkpoint(resume_path) if resume_path is not None else None
+    sampler_seed = int(state['sampler_seed']) if state and state.get('sampler_seed') is not None \
+        else shared_seed(config.global_seed)
+    sampler = ResumableDistributedSampler(train_set, env.world_size, env.rank, sampler_seed, batch)
+    iters_per_epoch = sampler.num_samples // batch
+    if state is not None:
+        point = resume_point(state, iters_per_epoch, env.world_size, global_batch)
+        logger.info(f'resuming from {resume_path} at iteration {point.iteration}: {point.note}')
+    else:
+        point = ResumePoint(config.training_start_iters, 0, 0, True, '')
+    sampler.resume_at(point.epoch, point.skip_batches)
+    sampler.set_epoch(point.epoch)
+    workers = config.dataset_num_workers
+    pin = config.dataset_pin_memory and device.type == 'cuda'
+    generator = torch.Generator().manual_seed(_loader_seed(sampler_seed, env.rank, point.iteration))
+    limit_opencv_threads()  # before any worker is forked
+    train_dl = DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
+                          pin_memory=pin, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                          generator=generator)
+    valid_dl = eval_dataloader(config, valid_set, device)
 
     model = build_model(config)
+    if resume_path is not None:
+        load_weights(model, resume_path, strict=True)
     logger.info(f'model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters')
+    if config.training_channels_last:
+        if device.type == 'cuda':
+            model = model.to(memory_format=torch.channels_last)
+        else:
+            logger.warning('training.channels_last is ignored on the CPU')
+    if config.training_sync_bn and env.distributed and device.type != 'cuda':
+        logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
+    if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
+        seed_everything((config.global_seed if config.global_seed is not None else torch.initial_seed()) + env.rank)
     learn = build_learner(config, model, train_dl, valid_dl, device)
+    if state is not None:
+        if state.get('opt') is not None:
+            learn.create_opt(config.optimizer_lr, config.optimizer_wd)
+            learn.opt.load_state_dict(state['opt'])
+        else:
+            logger.warning(f'{resume_path} holds no optimiser state: the optimiser starts afresh')
+    precision = MixedPrecision(learn, amp, device.type) if amp else None
+    if precision is not None:
+        learn.callbacks.append(precision)  # learner-wide: evaluation forward passes run under autocast too
+        if precision.scaler is not None and state is not None and state.get('scaler'):
+            precision.scaler.load_state_dict(state['scaler'])
+        logger.info(f'mixed precision {amp}' + (' with a gradient scaler' if precision.scaler else ''))
 
     from tensorboardX import SummaryWriter
-    writer = SummaryWriter(str(config.workdir))
+    writer = SummaryWriter(str(config.workdir)) if env.is_main else None
 
     def run_eval(iteration: int) -> dict[str, float]:
         result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive)
-        log_eval_images(writer, learn.model, valid_set, charset, iteration)
+        if writer is not None:
+            log_eval_images(writer, unwrap(learn.model), valid_set, charset, iteration)
         return {'loss': result.loss, **{k: v for k, v in result.metrics.summary().items() if k != 'words'}}
+
+    def extra_state() -> dict[str, Any]:
+        scaler = precision.scaler.state_dict() if precision is not None and precision.scaler is not None else None
+        return {'iters_per_epoch': iters_per_epoch, 'world_size': env.world_size, 'global_batch': global_batch,
+                'sampler_seed': sampler_seed, 'rng': all_gather_objects(capture_rng()), 'scaler': scaler}
 
     iteration_cb = IterationCallback(
         learn, config.global_name, config.workdir, logger, run_eval, writer, config.training_show_iters,
-        config.training_eval_iters, config.training_save_iters, config.training_start_iters,
-        config.training_max_iters)
-    callbacks: list[Any] = [PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
-                                                config.optimizer_scheduler_gamma, config.training_start_iters)]
+        config.training_eval_iters, config.training_save_iters, point.iteration, config.training_max_iters,
+        float(state.get('best_cwr', -1.0)) if state is not None else -1.0, start_epoch=point.epoch,
+        start_batch=point.skip_batches, is_main=env.is_main, world_size=env.world_size, extra_state=extra_state,
+        saved=periodic_checkpoints(config.workdir, config.global_name) if state is not None else None)
+    callbacks: list[Any] = [
+        DistributedTrainer(learn, env, sampler, point.epoch, sync_bn=config.training_sync_bn,
+                           find_unused_parameters=config.training_find_unused_parameters),
+        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
+        PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
+                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(model):
         callbacks.append(ConAugPretransform(side=config.conaug_side, charset=charset,
-                                            test_conaug=config.dataset_test_conaug, workdir=config.workdir,
-                                            writer=writer))
+                                            test_conaug=config.dataset_test_conaug and env.is_main,
+                                            workdir=config.workdir, writer=writer))
     callbacks.append(iteration_cb)
+    epochs = config.training_epochs - point.epoch
+    max_iters = config.training_max_iters
+    if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters):
+        logger.info(f'nothing left to train at iteration {point.iteration}, epoch {point.epoch} '
+                    f'(training.epochs {config.training_epochs}, training.max_iters {max_iters})')
+        if writer is not None:
+            writer.close()
+        return iteration_cb
+    if state is not None and len(state.get('rng') or []) == env.world_size:
+        restore_rng(state['rng'][env.rank])
     try:
-        learn.fit(config.training_epochs, lr=config.optimizer_lr, callbacks=callbacks)
+        learn.fit(epochs, lr=config.optimizer_lr, callbacks=callbacks)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
-                f'{replaced} unreadable training sample(s) replaced')
+                f'{replaced} unreadable training sample(s) replaced' + (' on rank 0' if env.distributed else ''))
+    dump = os.environ.get(DUMP_FINAL_STATE_ENV)
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        torch.save({'model': unwrap(learn.model).state_dict(), 'history': iteration_cb.history},
+                   Path(dump) / f'rank{env.rank}.pth')
     return iteration_cb
 
 
-def test(config: Config, device: torch.device, image_only: bool = False) -> list[dict[str, Any]]:
-    """Evaluate every test root on its own and together; print and save the table and per-sample predictions."""
-    logger = setup_logger(config.workdir, 'test')
+def test(config: Config, device: torch.device, image_only: bool = False,
+         env: DistEnv | None = None) -> list[dict[str, Any]]:
+    """Evaluate every test root on its own and together; print and save the table and per-sample predictions.
+
+    Under torchrun every process evaluates its share of each set; rank 0 writes the results, which equal a
+    single-process run's exactly.
+    """
+    env = env or current_env(device)
+    logger = setup_rank_logger(config.workdir, 'test', env)
     if not (config.model_checkpoint or config.model_vision_checkpoint):
         raise ConfigError('the test phase needs a checkpoint: --checkpoint PATH (or model.checkpoint)')
+    amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     model = build_model(config)
-    logger.info(f'evaluating {config.model_checkpoint or config.model_vision_checkpoint} on {", ".join(test_sets)}')
+    logger.info(f'evaluating {config.model_checkpoint or config.model_vision_checkpoint} on {", ".join(test_sets)}'
+                + (f' with {env.world_size} processes' if env.distributed else ''))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
     first = next(iter(loaders.values())).dl
     learn = build_learner(config, model, first, first, device)
+    if amp:
+        learn.callbacks.append(MixedPrecision(learn, amp, device.type))
     results = []
     for name, dl in loaders.items():
         result = evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
                           left_out=test_sets[name].num_left_out)
         results.append(result)
-        _dump_predictions(config.workdir / 'predictions' / f'{name}.tsv', result)
-        if not image_only:
-            _attention_pictures(model, test_sets[name], charset, config.workdir / 'attention' / name, device)
+        if env.is_main:
+            _dump_predictions(config.workdir / 'predictions' / f'{name}.tsv', result)
+            if not image_only:
+                _attention_pictures(model, test_sets[name], charset, config.workdir / 'attention' / name, device)
     rows = table_rows(results)
-    logger.info('results\n' + format_table(rows))
-    write_csv(rows, config.workdir / 'test_results.csv')
-    logger.info(f'wrote {config.workdir / "test_results.csv"} and per-sample predictions in '
-                f'{config.workdir / "predictions"}' + ('' if image_only else f', attention pictures in '
-                                                        f'{config.workdir / "attention"}'))
+    if env.is_main:
+        logger.info('results\n' + format_table(rows))
+        write_csv(rows, config.workdir / 'test_results.csv')
+        logger.info(f'wrote {config.workdir / "test_results.csv"} and per-sample predictions in '
+                    f'{config.workdir / "predictions"}' + ('' if image_only else f', attention pictures in '
+                                                            f'{config.workdir / "attention"}'))
     return rows
 
 
@@ -231,18 +362,23 @@ def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: Charse
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input ends with a one-line error and exit status 2."""
+    """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2."""
     args = parse_args(argv)
+    env = None
     try:
         config = build_config(args)
-        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        env = setup_distributed()
         if config.global_phase == 'train':
-            train(config, device)
+            train(config, env.device, env)
         else:
-            test(config, device, image_only=args.image_only)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
+            test(config, env.device, image_only=args.image_only, env=env)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
+        rank = env.rank if env is not None else int(os.environ.get('RANK', 0))
+        print(f'error: {e}' if rank == 0 else f'error (rank {rank}): {e}', file=sys.stderr)
         return 2
+    finally:
+        if is_distributed():
+            cleanup_distributed()
     return 0
 
 

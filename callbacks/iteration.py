@@ -1,9 +1,15 @@
 """IterationCallback: log every `show_iters`, evaluate every `eval_iters` (keeping the best by cwr),
-save every `save_iters` (keeping the last five), and write TensorBoard scalars."""
+save every `save_iters` (keeping the last five), and write TensorBoard scalars.
+
+In a distributed run every rank runs it: the logged training losses are averaged over the ranks, evaluation
+is a collective (every rank evaluates its shard), and only the main rank (`is_main`) writes checkpoints; its
+logger and writer are the only ones that write (other ranks get a warnings-only logger and no writer).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -12,52 +18,82 @@ from typing import Any, Callable
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
+from callbacks.distributed import sum_across_ranks
 from checkpoint import save_checkpoint
 
 KEEP_LAST = 5
 
 
 class IterationCallback(LearnerCallback):
-    """Drives the iteration-based bookkeeping of an ABINet training run on top of fastai's epoch loop."""
+    """Drives the iteration-based bookkeeping of an ABINet training run on top of fastai's epoch loop.
+
+    `start_iter`, `start_epoch` and `start_batch` place a resumed run (the global iteration counter, the absolute
+    epoch, and the batches of that epoch already trained). `extra_state()` returns more entries for every
+    checkpoint (random states, sampler seed, ...); it is called on every rank at every save, so it may hold
+    collectives. `saved` lists the periodic checkpoints already on disk, oldest first, for the keep-last-five rule.
+    Every `show_iters` window also reports the time spent waiting for data (from the end of one batch to the
+    start of the next, batch-level augmentation such as ConAug included) versus computing.
+    """
 
     _order = 10  # after the loss-producing callbacks
 
     def __init__(self, learn: Learner, name: str, workdir: str | Path, logger: logging.Logger,
                  evaluate: Callable[[int], dict[str, float]], writer: Any = None, show_iters: int = 50,
                  eval_iters: int = 3000, save_iters: int = 3000, start_iter: int = 0, max_iters: int | None = None,
-                 best_cwr: float = -1.0):
+                 best_cwr: float = -1.0, *, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
+                 world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
+                 saved: list[Path] | None = None):
         super().__init__(learn)
         self.name, self.workdir, self.logger = name, Path(workdir), logger
         self.evaluate, self.writer = evaluate, writer
         self.show_iters, self.eval_iters, self.save_iters = show_iters, eval_iters, save_iters
         self.start_iter, self.max_iters, self.best_cwr = start_iter, max_iters, best_cwr
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+        self.is_main, self.world_size = is_main, world_size
+        self.extra_state = extra_state
         self.iteration = start_iter
-        self.saved: list[Path] = []
+        self.epoch = start_epoch
+        self.batch_in_epoch = start_batch
+        self.saved: list[Path] = list(saved or [])
         self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
         self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
 
     def on_train_begin(self, **kwargs: Any) -> dict:
         self._reset_window()
-        self.epoch = 0
+        self.epoch = self.start_epoch
         # fastai's own end-of-epoch validation is skipped: evaluation is iteration-based here.
         return {'skip_validate': True}
 
     def _reset_window(self) -> None:
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
-        self._window_start = time.perf_counter()
+        self._nonfinite = 0
+        self._data_time = self._compute_time = 0.0
+        self._window_start = self._last_end = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, **kwargs: Any) -> None:
-        self.epoch = epoch
+        self.epoch = self.start_epoch + epoch
+        self.batch_in_epoch = self.start_batch if epoch == 0 else 0
+
+    def on_batch_begin(self, train: bool, **kwargs: Any) -> None:
+        if train:
+            self._batch_start = time.perf_counter()
+            self._data_time += self._batch_start - self._last_end
 
     def on_batch_end(self, last_loss: torch.Tensor, train: bool, **kwargs: Any) -> dict | None:
         if not train:
             return None
+        self._compute_time += time.perf_counter() - self._batch_start
         self.iteration += 1
-        self._sums['loss'] += float(last_loss)
-        for key, value in getattr(self.learn.loss_func, 'losses', {}).items():
-            self._sums[key] += float(value)
-        self._count += 1
+        self.batch_in_epoch += 1
+        loss = float(last_loss)
+        if math.isfinite(loss):
+            self._sums['loss'] += loss
+            for key, value in getattr(self.learn.loss_func, 'losses', {}).items():
+                self._sums[key] += float(value)
+            self._count += 1
+        else:  # a step NonFiniteGuard skipped
+            self._nonfinite += 1
         it = self.iteration
         if it % self.show_iters == 0:
             self._log_train()
@@ -65,6 +101,7 @@ class IterationCallback(LearnerCallback):
             self._evaluate()
         if it % self.save_iters == 0:
             self._save_periodic()
+        self._last_end = time.perf_counter()
         if self.max_iters is not None and it >= self.max_iters:
             return {'stop_epoch': True, 'stop_training': True}
         return None
@@ -77,7 +114,7 @@ class IterationCallback(LearnerCallback):
         if exception:
             self.logger.error(f'training stopped by {type(exception).__name__}: {exception}')
             return
-        if self._count:
+        if self._count or self._nonfinite:
             self._log_train()
         if not self.history or self.history[-1]['iteration'] != self.iteration:
             self._evaluate()
@@ -89,18 +126,36 @@ class IterationCallback(LearnerCallback):
     def _lr(self) -> float:
         return float(self.learn.opt.lr)
 
+    def _window_means(self) -> dict[str, float]:
+        """Mean of every logged loss over the window's finite steps, across all ranks."""
+        keys = sorted(self._sums)
+        totals = sum_across_ranks([self._sums[k] for k in keys] + [float(self._count)], self._device())
+        count = totals[-1]
+        means = {k: v / count for k, v in zip(keys, totals)} if count else {'loss': math.nan}
+        return {'loss': means.pop('loss'), **means}
+
+    def _device(self) -> torch.device:
+        param = next(self.learn.model.parameters(), None)
+        return param.device if param is not None and param.device.type == 'cuda' else torch.device('cpu')
+
     def _log_train(self) -> None:
-        means = {k: v / self._count for k, v in self._sums.items()}
+        means = self._window_means()
         self.train_history.append({'iteration': self.iteration, **means})
-        speed = self._count * self.learn.data.train_dl.batch_size / max(time.perf_counter() - self._window_start, 1e-9)
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        steps = self._count + self._nonfinite
+        speed = steps * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
+        skipped = f', {self._nonfinite} non-finite step(s) skipped' if self._nonfinite else ''
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
-                         + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s')
+                         + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '
+                         f'data {self._data_time:.1f} s / compute {self._compute_time:.1f} s{skipped}')
         if self.writer is not None:
             for key, value in means.items():
                 self.writer.add_scalar(f'train/{key}', value, self.iteration)
             self.writer.add_scalar('train/lr', self._lr(), self.iteration)
             self.writer.add_scalar('train/images_per_second', speed, self.iteration)
+            self.writer.add_scalar('train/data_seconds', self._data_time, self.iteration)
+            self.writer.add_scalar('train/compute_seconds', self._compute_time, self.iteration)
         self._reset_window()
 
     def _evaluate(self) -> None:
@@ -116,20 +171,27 @@ class IterationCallback(LearnerCallback):
             for key, value in result.items():
                 if key != 'iteration':
                     self.writer.add_scalar(f'eval/{key}', value, self.iteration)
-        if result['cwr'] > self.best_cwr:
+        if result['cwr'] > self.best_cwr:  # the same on every rank: evaluation results are gathered
             self.best_cwr = result['cwr']
             path = self._save(self.workdir / f'best-{self.name}.pth')
             self.logger.info(f'best cwr {self.best_cwr:.4f} at iter {self.iteration}, saved {path}')
-        self._window_start = time.perf_counter()
+        self._window_start += time.perf_counter() - start  # evaluation time is not part of the window
 
     def _save(self, path: Path) -> Path:
-        return save_checkpoint(path, self.learn.model, self.learn.opt, iteration=self.iteration, epoch=self.epoch,
-                               best_cwr=self.best_cwr, lr=self._lr())
+        extra = self.extra_state() if self.extra_state is not None else {}  # on every rank: may gather
+        if self.is_main:
+            save_checkpoint(path, self.learn.model, self.learn.opt, iteration=self.iteration, epoch=self.epoch,
+                            batch_in_epoch=self.batch_in_epoch, best_cwr=self.best_cwr, lr=self._lr(), **extra)
+        return path
 
     def _save_periodic(self) -> None:
+        start = time.perf_counter()
         path = self._save(self.workdir / f'{self.name}_{self.epoch}_{self.iteration}.pth')
-        self.saved.append(path)
+        if path not in self.saved:
+            self.saved.append(path)
         self.logger.info(f'saved {path}')
         while len(self.saved) > KEEP_LAST:
-            self.saved.pop(0).unlink(missing_ok=True)
-        self._window_start = time.perf_counter()
+            old = self.saved.pop(0)
+            if self.is_main:
+                old.unlink(missing_ok=True)
+        self._window_start += time.perf_counter() - start

@@ -24,14 +24,22 @@ def lr_at(iteration: int, iters_per_epoch: int, lr: float, periods: Sequence[int
 
 
 class PiecewiseConstantLR(LearnerCallback):
-    """Sets the optimiser's lr before every training batch from the global iteration counter."""
+    """Sets the optimiser's lr before every training batch from the global iteration counter.
 
-    def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0):
+    `start_iter` is the global iteration the run starts at (a resumed run passes its checkpoint's); pass
+    `iters_per_epoch` when the first epoch is shorter than a full one (a run resumed mid-epoch), else it is read
+    from the training loader when training begins.
+    """
+
+    def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0,
+                 iters_per_epoch: int | None = None):
         super().__init__(learn)
         self.lr, self.periods, self.gamma, self.start_iter = lr, list(periods), gamma, start_iter
+        self.iters_per_epoch = iters_per_epoch
 
     def on_train_begin(self, **kwargs: Any) -> None:
-        self.iters_per_epoch = len(self.learn.data.train_dl)
+        if self.iters_per_epoch is None:
+            self.iters_per_epoch = len(self.learn.data.train_dl)
 
     def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
         if train:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
 
 import main
 from checkpoint import load_checkpoint
+from dataset import open_lmdb
 from tests.helpers import BENCHMARKS, render_lmdb, tiny_config
 from utils import Config
 
@@ -90,16 +92,17 @@ def test_test_phase_prints_and_writes_the_table(tmp_path, lmdbs, capsys):
     rows = list(csv.DictReader(open(config.workdir / 'test_results.csv')))
     assert [r['dataset'] for r in rows] == ['test', 'second', 'all', 'average']
     by_name = {r['dataset']: r for r in rows}
-    # '---' cleans to an empty label: left out and counted; 'Hello!' -> 'hello', 'a-b' -> 'ab'.
-    assert by_name['second']['left out'] == '4' and by_name['second']['samples'] == '6'
-    assert by_name['all']['samples'] == '30'
+    # 10 samples cycling 'Hello!', 'a-b', '---': '---' (3 of them) cleans to an empty label, left out and
+    # counted; 'Hello!' -> 'hello' (4), 'a-b' -> 'ab' (3).
+    assert by_name['second']['left out'] == '3' and by_name['second']['samples'] == '7'
+    assert by_name['all']['samples'] == '31'
     assert float(by_name['average']['cwr']) == pytest.approx(
         (float(by_name['test']['cwr']) + float(by_name['second']['cwr'])) / 2)
-    all_cwr = (float(by_name['test']['cwr']) * 24 + float(by_name['second']['cwr']) * 6) / 30
+    all_cwr = (float(by_name['test']['cwr']) * 24 + float(by_name['second']['cwr']) * 7) / 31
     assert float(by_name['all']['cwr']) == pytest.approx(all_cwr)
     predictions = (config.workdir / 'predictions' / 'second.tsv').read_text().splitlines()
     assert predictions[0].split('\t') == ['index', 'ground_truth', 'prediction', 'confidence', 'correct']
-    assert [line.split('\t')[1] for line in predictions[1:]] == ['hello', 'ab'] * 3
+    assert [line.split('\t')[1] for line in predictions[1:]] == ['hello', 'ab'] * 3 + ['hello']
     assert 'results' in (config.workdir / 'test.txt').read_text()
     assert not (config.workdir / 'attention').exists()
 
@@ -123,7 +126,13 @@ def test_test_phase_on_real_cute80(tmp_path, lmdbs):
     assert main.main(['--config', str(path), '--phase', 'test', '--image_only', '--checkpoint',
                       str(config.workdir / 'best-run.pth'), '--test_root', str(BENCHMARKS / 'CUTE80')]) == 0
     row = next(csv.DictReader(open(config.workdir / 'test_results.csv')))
-    assert row['dataset'] == 'CUTE80' and row['samples'] == '287' and row['left out'] == '1'
+    # Independent count of the labels unusable under charset_36 and the tiny config's max_length (12).
+    with open_lmdb(BENCHMARKS / 'CUTE80').begin() as txn:
+        total = int(txn.get(b'num-samples'))
+        cleaned = [re.sub('[^0-9a-z]', '', txn.get(b'label-%09d' % i).decode().lower()) for i in range(1, total + 1)]
+    unusable = sum(not 0 < len(c) <= 12 for c in cleaned)
+    assert total == 288 and unusable >= 1
+    assert row['dataset'] == 'CUTE80' and row['samples'] == str(288 - unusable) and row['left out'] == str(unusable)
     assert math.isfinite(float(row['eval loss']))
 
 

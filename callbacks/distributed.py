@@ -1,0 +1,282 @@
+"""Distributed data parallel training through torch.distributed (gloo on CPU, NCCL on CUDA), launched by torchrun.
+
+One process per device. torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; the process
+group is initialised from them (`env://`). The config's training batch size is the global one, split evenly
+over the processes. Training batches come from `ResumableDistributedSampler` (every process a disjoint shard of
+one seeded permutation per epoch); evaluation batches are dealt round-robin by `ShardedBatchSampler`, so every
+test image is counted exactly once and the gathered results equal a single-process evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from fastai.basic_train import Learner, LearnerCallback
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from utils import ConfigError, setup_logger
+
+LAUNCH_HINT = 'torchrun --nproc_per_node={n} main.py --config ...'
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands: its rank among `world_size` processes, its local rank and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs, TensorBoard events and checkpoints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether several processes take part (collectives are needed)."""
+        return self.world_size > 1
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def current_env(device: torch.device | str | None = None) -> DistEnv:
+    """The DistEnv of the running process group (or a single process on `device`)."""
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    if not is_distributed():
+        return DistEnv(device=device)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0)), device)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another env:// launcher) started this process."""
+    return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
+
+
+def setup_distributed(stream: Any = None) -> DistEnv:
+    """Join the process group torchrun describes in the environment, or run as one process.
+
+    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise.
+    A single process that sees several GPUs uses the first one and prints one line saying how to use them all.
+    """
+    cuda = torch.cuda.is_available()
+    if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        if cuda:
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: '
+                                  'start at most one process per GPU on each machine')
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device('cpu')
+        if not dist.is_initialized():
+            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://')
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    if cuda:
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        count = torch.cuda.device_count()
+        if count > 1 and not launched_by_torchrun():
+            print(f'warning: {count} GPUs are visible but this process uses only cuda:0; to train on all of them '
+                  f'launch `{LAUNCH_HINT.format(n=count)}`', file=stream or sys.stderr)
+        return DistEnv(device=torch.device('cuda', local_rank))
+    return DistEnv()
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (no-op when none was started)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """The per-process share of the global batch; an error when it does not split evenly."""
+    if global_batch % world_size:
+        raise ConfigError(f'dataset.train.batch_size {global_batch} (the global batch) is not divisible by the '
+                          f'{world_size} processes')
+    return global_batch // world_size
+
+
+def setup_rank_logger(workdir: str | Path, phase: str, env: DistEnv, name: str = 'conclr') -> logging.Logger:
+    """Rank 0: the project logger (stdout + `<workdir>/<phase>.txt`). Other ranks: warnings only, on stderr,
+    tagged with their rank, never into the shared text log."""
+    if env.is_main:
+        return setup_logger(workdir, phase, name)
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f'[%(asctime)s %(levelname)s rank {env.rank}] %(message)s',
+                                           datefmt='%Y-%m-%d %H:%M:%S'))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    return logger
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` of rank `src` on every rank (itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order ([obj] when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """True only when `flag` is True on every rank."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over the ranks (float64)."""
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def shared_seed(seed: int | None) -> int:
+    """`seed`, or one random seed drawn by rank 0 and shared by every rank."""
+    if seed is not None:
+        return int(seed)
+    return int(broadcast_object(secrets.randbits(31)))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or DataParallel) wrapper."""
+    return getattr(model, 'module', model)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank."""
+    if not is_distributed():
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer, src=src)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler (seeded shuffle, set_epoch, equal shards without padding) that can skip the batches
+    already trained in the epoch a run resumes in.
+
+    Every epoch is one permutation drawn from `seed + epoch`, cut to a multiple of the number of processes;
+    process r takes positions r, r + W, ... So a run that resumes in epoch `skip_epoch` after `skip_batches`
+    batches of `batch_size` sees exactly the samples the interrupted run had left in that epoch.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 batch_size: int = 1, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.skip_epoch, self.skip_batches = -1, 0
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Skip the first `batches` batches of epoch `epoch` (only of that epoch)."""
+        self.skip_epoch, self.skip_batches = epoch, batches
+
+    def _skip(self) -> int:
+        return self.skip_batches * self.batch_size if self.epoch == self.skip_epoch else 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self._skip():])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self._skip(), 0)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Fixed-order batches of `range(length)`; rank r gets batches r, r + W, r + 2W, ... (no padding, no
+    duplicates). Batch k of rank r is batch r + k * W of a single-process run, so results can be re-interleaved."""
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.length, self.batch_size, self.rank, self.world_size = length, batch_size, rank, world_size
+
+    def all_batches(self) -> list[list[int]]:
+        """Every batch of the single-process order."""
+        return [list(range(s, min(s + self.batch_size, self.length))) for s in range(0, self.length, self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.all_batches()[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        total = -(-self.length // self.batch_size)
+        return len(range(self.rank, total, self.world_size))
+
+
+def interleave(parts: list[list[Any]]) -> list[Any]:
+    """Undo ShardedBatchSampler's round-robin dealing: parts[r][k] is global item r + k * len(parts)."""
+    out = []
+    for k in range(max((len(p) for p in parts), default=0)):
+        out.extend(p[k] for p in parts if k < len(p))
+    return out
+
+
+class DistributedTrainer(LearnerCallback):
+    """Wraps the model in DistributedDataParallel for training (world size > 1) and sets the training sampler's
+    epoch (absolute: `start_epoch` + fastai's epoch) before every epoch, in single-process runs too.
+
+    Evaluation must use the unwrapped model (`unwrap(learn.model)`): shards can differ by one batch, and a DDP
+    forward may start collectives. At the end the buffers of rank 0 are copied to every rank, so all ranks hold
+    identical weights, and the model is unwrapped again.
+    """
+
+    _order = -20  # before every callback that touches the model
+
+    def __init__(self, learn: Learner, env: DistEnv, sampler: ResumableDistributedSampler | None = None,
+                 start_epoch: int = 0, sync_bn: bool = False, find_unused_parameters: bool = False):
+        super().__init__(learn)
+        self.env, self.sampler, self.start_epoch = env, sampler, start_epoch
+        self.sync_bn, self.find_unused_parameters = sync_bn, find_unused_parameters
+
+    def on_train_begin(self, **kwargs: Any) -> None:
+        if not self.env.distributed or isinstance(self.learn.model, DistributedDataParallel):
+            return
+        model = self.learn.model
+        if self.sync_bn and self.env.device.type == 'cuda':
+            # Only the module objects change; parameters (and so the optimiser's references) stay the same.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.env.device.index] if self.env.device.type == 'cuda' else None
+        self.learn.model = DistributedDataParallel(model, device_ids=device_ids,
+                                                   find_unused_parameters=self.find_unused_parameters)
+
+    def on_epoch_begin(self, epoch: int, **kwargs: Any) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.start_epoch + epoch)
+
+    def on_train_end(self, **kwargs: Any) -> None:
+        if isinstance(self.learn.model, DistributedDataParallel):
+            broadcast_buffers(self.learn.model)
+            self.learn.model = self.learn.model.module

@@ -1,0 +1,176 @@
+"""Distributed data parallel on the CPU (gloo) through torchrun, and its samplers."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from callbacks.distributed import (
+    DistEnv,
+    ResumableDistributedSampler,
+    ShardedBatchSampler,
+    interleave,
+    local_batch_size,
+    setup_distributed,
+    setup_rank_logger,
+)
+from checkpoint import load_checkpoint
+from dataset import dataset_kwargs, get_dataset
+from evaluation import evaluate
+from tests.helpers import render_lmdb, tiny_config
+from utils import REPO_ROOT, CharsetMapper, Config, ConfigError
+
+
+def test_sharded_batches_cover_every_index_once_and_interleave_back():
+    length, batch, world = 23, 4, 3
+    plain = [list(range(s, min(s + batch, length))) for s in range(0, length, batch)]  # single-process batches
+    shards = [list(ShardedBatchSampler(length, batch, rank, world)) for rank in range(world)]
+    assert [len(s) for s in shards] == [len(ShardedBatchSampler(length, batch, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for b in s for i in b) == list(range(length))  # no padding, no duplicate
+    assert interleave(shards) == plain
+    assert list(ShardedBatchSampler(3, 4, 1, 2)) == []  # fewer batches than processes: rank 1 has none
+
+
+def test_training_sampler_shards_are_disjoint_and_resume_skips_exactly():
+    data = list(range(50))
+    samplers = [ResumableDistributedSampler(data, 2, rank, seed=7, batch_size=4) for rank in range(2)]
+    for s in samplers:
+        s.set_epoch(3)
+    shards = [list(s) for s in samplers]
+    assert len(shards[0]) == len(shards[1]) == 25 and not set(shards[0]) & set(shards[1])
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(7 + 3)).tolist()  # torch's recipe
+    assert shards[0] == perm[0::2] and shards[1] == perm[1::2]
+    samplers[0].set_epoch(4)
+    assert list(samplers[0]) != shards[0]
+    samplers[0].resume_at(3, 2)
+    assert len(list(samplers[0])) == 25  # epoch 4: the skip belongs to epoch 3 only
+    samplers[0].set_epoch(3)
+    assert list(samplers[0]) == shards[0][8:] and len(samplers[0]) == 17
+
+
+def test_global_batch_must_split_evenly():
+    assert local_batch_size(384, 4) == 96
+    with pytest.raises(ConfigError, match='not divisible'):
+        local_batch_size(10, 4)
+
+
+def test_plain_run_seeing_several_gpus_says_how_to_use_them(monkeypatch, capsys):
+    for name in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    env = setup_distributed()
+    assert env.device == torch.device('cuda', 0) and env.world_size == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'torchrun --nproc_per_node=4 main.py' in err[0]
+
+
+def test_other_ranks_log_warnings_only(tmp_path, capsys):
+    logger = setup_rank_logger(tmp_path, 'train', DistEnv(rank=1, world_size=2))
+    try:
+        logger.info('not shown')
+        logger.warning('shown')
+    finally:
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert 'shown' in err and 'rank 1' in err and 'not shown' not in err
+    assert not (tmp_path / 'train.txt').exists()
+
+
+@pytest.fixture(scope='module')
+def lmdbs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('lmdb')
+    return (render_lmdb(root / 'train', 48, seed=1), render_lmdb(root / 'test', 24, seed=2),
+            render_lmdb(root / 'small', 3, seed=3))
+
+
+def _torchrun(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', **env_extra)
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+               str(REPO_ROOT / 'main.py'), *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _messages(log: Path) -> list[str]:
+    return [line.split('] ', 1)[1] for line in log.read_text().splitlines() if line.startswith('[')]
+
+
+def _train_two_processes(folder: Path, lmdbs, conclr: bool) -> tuple[Path, subprocess.CompletedProcess]:
+    """12 iterations of 2 processes: 48 samples / global batch 8 = 6 per epoch, so an epoch boundary is crossed.
+    Test batches of 5 give 5 + 1 batches; the small set's single batch leaves rank 1 without one."""
+    train_root, test_root, small_root = lmdbs
+    path = tiny_config(folder, train_root, [test_root, small_root], conclr=conclr, max_iters=12, show_iters=4,
+                       eval_iters=6, save_iters=6)
+    path.write_text(path.read_text().replace('batch_size: 16', 'batch_size: 5'))
+    result = _torchrun(['--config', str(path)], {main.DUMP_FINAL_STATE_ENV: str(folder / 'dump')})
+    return path, result
+
+
+@pytest.fixture(scope='module')
+def vision_run(tmp_path_factory, lmdbs):
+    return _train_two_processes(tmp_path_factory.mktemp('vision'), lmdbs, conclr=False)
+
+
+@pytest.mark.parametrize('conclr', [False, True], ids=['vision', 'conclr'])
+def test_two_processes_train_identical_weights_and_evaluate_exactly(tmp_path, lmdbs, vision_run, conclr):
+    path, result = _train_two_processes(tmp_path, lmdbs, conclr=True) if conclr else vision_run
+    config = Config(path)
+    ranks = [torch.load(path.parent / 'dump' / f'rank{r}.pth', weights_only=True) for r in range(2)]
+    final = load_checkpoint(config.workdir / 'run_1_12.pth')
+    assert final['iteration'] == 12 and final['world_size'] == 2 and len(final['rng']) == 2
+    assert not any(k.startswith('module.') for k in final['model'])
+    for key, value in final['model'].items():
+        assert torch.equal(ranks[0]['model'][key], value) and torch.equal(ranks[1]['model'][key], value), key
+
+    messages = _messages(config.workdir / 'train.txt')
+    assert len(messages) == len(set(messages)), 'duplicated log lines'
+    train_lines = [m for m in messages if ': loss = ' in m]
+    assert [m.split(':')[0] for m in train_lines] == ['epoch 0 iter 4', 'epoch 1 iter 8', 'epoch 1 iter 12']
+    assert all(' s / compute ' in m for m in train_lines)
+    assert sum('eval loss' in m for m in messages) == 2
+    assert 'INFO' not in result.stderr  # rank 1 logs warnings only
+
+    # The gathered 2-process evaluation at the end of training equals a 1-process evaluation of the checkpoint.
+    last = ranks[0]['history'][-1]
+    assert ranks[1]['history'] == ranks[0]['history'] and last['iteration'] == 12
+    config.model_checkpoint = str(config.workdir / 'run_1_12.pth')
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
+    valid = torch.utils.data.ConcatDataset(list(sets.values()))
+    dl = main.test_loader(config, valid, torch.device('cpu'))
+    learn = main.build_learner(config, main.build_model(config), dl.dl, dl.dl, torch.device('cpu'))
+    single = evaluate(learn, dl, charset)
+    assert last['loss'] == single.loss
+    assert {k: v for k, v in last.items() if k not in ('iteration', 'loss')} == \
+        {k: v for k, v in single.metrics.summary().items() if k != 'words'}
+
+
+def test_two_process_test_phase_equals_one_process(vision_run):
+    path, _ = vision_run
+    config = Config(path)
+    checkpoint = str(config.workdir / 'run_1_12.pth')
+    assert main.main(['--config', str(path), '--phase', 'test', '--checkpoint', checkpoint, '--image_only']) == 0
+    single = config.workdir / 'single'
+    single.mkdir()
+    for name in ('test_results.csv', 'predictions'):
+        (config.workdir / name).rename(single / name)
+    _torchrun(['--config', str(path), '--phase', 'test', '--checkpoint', checkpoint, '--image_only'], {})
+    assert (config.workdir / 'test_results.csv').read_bytes() == (single / 'test_results.csv').read_bytes()
+    for name in ('test.tsv', 'small.tsv'):
+        assert (config.workdir / 'predictions' / name).read_bytes() == (single / 'predictions' / name).read_bytes()
+    rows = list(csv.DictReader(open(config.workdir / 'test_results.csv')))
+    assert [(r['dataset'], r['samples']) for r in rows] == [('test', '24'), ('small', '3'), ('all', '27'),
+                                                              ('average', '27')]
+    messages = _messages(config.workdir / 'test.txt')
+    assert sum(m.startswith('results') for m in messages) == 2  # one per run, not one per process
