@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
 from checkpoint import load_checkpoint
@@ -35,7 +36,15 @@ def test_vision_training_lowers_the_loss_and_leaves_its_files(tmp_path, lmdbs):
     assert callback.iteration == 40
     workdir = config.workdir
     assert (workdir / 'train.txt').read_text().count('eval loss') == 2  # eval_iters 20 of 40
-    assert list(workdir.glob('events.out.tfevents.*'))
+    events = list(workdir.glob('events.out.tfevents.*'))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(events[0]), size_guidance={'images': 0, 'scalars': 0})
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()['scalars'])
+    assert {'train/loss', 'train/vision_loss', 'train/lr', 'eval/loss', 'eval/cwr', 'eval/ccr', 'eval/ned'} <= scalars
+    assert [e.step for e in accumulator.Scalars('eval/cwr')] == [20, 40]
+    assert 'eval/attention' in accumulator.Tags()['images']
+    assert len(accumulator.Images('eval/attention')) == 2
     state = load_checkpoint(workdir / 'best-run.pth')
     assert set(state) >= {'model', 'opt', 'iteration', 'epoch', 'best_cwr'}
     periodic = sorted(p.name for p in workdir.glob('run_*.pth'))
