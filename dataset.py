@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from transforms import TrainAugment
-from utils import CharsetMapper, get_logger
+from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 MAX_REPLACE_TRIES = 100
 WARN_FIRST = 5  # replaced samples reported one by one before switching to periodic counts
 WARN_EVERY = 1000
@@ -107,7 +107,7 @@ def resize_keep_ratio(img: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
 def to_normalized_tensor(img: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 RGB -> contiguous 3 x H x W float32, scaled to 0..1 and ImageNet-normalised."""
     tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-    return ((tensor - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
+    return ((tensor - _MEAN) / _STD).contiguous()
 
 
 def smooth_onehot(onehot: torch.Tensor, factor: float) -> torch.Tensor:

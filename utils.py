@@ -17,6 +17,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent
 TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
 NULL_CHAR = '\u2591'
+# Input normalisation of every ABINet model (ImageNet statistics), RGB order.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from utils import IMAGENET_MEAN, IMAGENET_STD
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:

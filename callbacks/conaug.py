@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from fastai.callback import Callback
 
+from utils import IMAGENET_MEAN, IMAGENET_STD
+
 SIDES = ('fixed', 'batch', 'sample')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def side_by_side(images: torch.Tensor, left_idx: torch.Tensor, right_idx: torch.Tensor) -> torch.Tensor:
