@@ -50,8 +50,10 @@ from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset, lim
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
+from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
 from utils import CharsetMapper, Config, ConfigError, seed_everything
+from visualization import attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
@@ -347,9 +349,6 @@ def _dump_predictions(path: Path, result: EvalResult) -> None:
 @torch.no_grad()
 def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: CharsetMapper, folder: Path,
                         device: torch.device) -> None:
-    from modules.decoding import decode_logits
-    from visualization import attention_picture, denormalize, save_rgb
-
     folder.mkdir(parents=True, exist_ok=True)
     count = min(ATTENTION_PICTURES_PER_SET, len(dataset))
     images = torch.stack([dataset[i][0] for i in range(count)]).to(device)
