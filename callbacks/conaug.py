@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastai.callback import Callback
 
-from utils import IMAGENET_MEAN, IMAGENET_STD
+from visualization import denormalize
 
 SIDES = ('fixed', 'batch', 'sample')
 
@@ -101,15 +101,6 @@ def draw_conaug_params(n: int, side: str = 'fixed', generator: torch.Generator |
     return tuple(p.to(device).contiguous() for p in (perm1, left1, perm2, left2))
 
 
-def _denormalise(images: torch.Tensor) -> np.ndarray:
-    """N x 3 x H x W ImageNet-normalised tensor -> N x H x W x 3 uint8 RGB array."""
-    x = images.detach().float().cpu()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (x * std + mean).clamp(0, 1) * 255
-    return x.round().byte().permute(0, 2, 3, 1).contiguous().numpy()
-
-
 def make_conaug_grid(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, texts0: Sequence[str],
                      texts1: Sequence[str], texts2: Sequence[str], max_rows: int = 8) -> np.ndarray:
     """H x W x 3 uint8 picture: one row per sample with original, view 1, view 2 and their target texts."""
@@ -118,7 +109,7 @@ def make_conaug_grid(images: torch.Tensor, view1: torch.Tensor, view2: torch.Ten
     scale = max(1, 64 // h)
     text_h, gap, min_w = 22, 4, 160
     panel_w = max(w * scale, min_w)
-    panels = [_denormalise(v[:rows]) for v in (images, view1, view2)]
+    panels = [np.stack([denormalize(image.float()) for image in v[:rows]]) for v in (images, view1, view2)]
     texts = [texts0, texts1, texts2]
     cell_h = h * scale + text_h
     grid = np.full((rows * (cell_h + gap) + gap, 3 * (panel_w + gap) + gap, 3), 255, dtype=np.uint8)
