@@ -24,7 +24,7 @@ from checkpoint import CheckpointError, load_weights
 from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
-from utils import CharsetMapper, Config, ConfigError
+from utils import CharsetMapper, Config, ConfigError, tune_malloc
 from visualization import attention_picture, save_rgb
 
 MODEL_EVALS = ('alignment', 'vision')
@@ -193,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise DemoError(f'--batch_size must be positive, got {args.batch_size}')
         config = Config(args.config)
+        if config.global_malloc_tune:
+            tune_malloc()
         device = select_device(args.cuda)
         files = find_files(args.input)
         charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)

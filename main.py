@@ -52,7 +52,7 @@ from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
-from utils import CharsetMapper, Config, ConfigError, seed_everything
+from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
 from visualization import attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
@@ -366,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     env = None
     try:
         config = build_config(args)
+        if config.global_malloc_tune:
+            tune_malloc()
         env = setup_distributed()
         if config.global_phase == 'train':
             train(config, env.device, env)

@@ -16,7 +16,7 @@ SIDES = ('fixed', 'batch', 'sample')
 
 
 def side_by_side(images: torch.Tensor, left_idx: torch.Tensor, right_idx: torch.Tensor) -> torch.Tensor:
-    """[images[left_idx] | images[right_idx]] (N x 3 x H x 2W) resized back to N x 3 x H x W, bilinear.
+    """[images[left_idx] | images[right_idx]] (M x 3 x H x 2W) resized back to M x 3 x H x W, bilinear.
 
     Resizing 2W columns to W with align_corners=False samples source column 2x + 0.5 (and keeps every row), so
     output column x is exactly the mean of pair columns 2x and 2x + 1, bit for bit what F.interpolate returns.
@@ -30,9 +30,41 @@ def side_by_side(images: torch.Tensor, left_idx: torch.Tensor, right_idx: torch.
         return ((pair[..., 0::2] + pair[..., 1::2]) * 0.5).contiguous()
     half = (images[..., 0::2] + images[..., 1::2]) * 0.5  # N x C x H x W/2
     rows = half.reshape(n * c * h, w // 2)
-    src = torch.stack([left_idx, right_idx], dim=1).view(n, 1, 2) * (c * h)  # first row of each source image
-    row_idx = (src + torch.arange(c * h, device=images.device).view(1, c * h, 1)).reshape(-1)  # (n, c*h, side)
-    return rows.index_select(0, row_idx).view(n, c, h, w)
+    m = left_idx.shape[0]
+    src = torch.stack([left_idx, right_idx], dim=1).view(m, 1, 2) * (c * h)  # first row of each source image
+    row_idx = (src + torch.arange(c * h, device=images.device).view(1, c * h, 1)).reshape(-1)  # (m, c*h, side)
+    return rows.index_select(0, row_idx).view(m, c, h, w)
+
+
+def _pair_up(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, left_idx: torch.Tensor,
+             right_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows k = [images[left_idx[k]] | images[right_idx[k]]] with their targets; see `conaug`."""
+    t_slots = labels.shape[1]
+    device = images.device
+    aug_images = side_by_side(images, left_idx, right_idx)
+
+    chars = lengths.long() - 1
+    chars_left = chars[left_idx]
+    chars_right = chars[right_idx]
+    t = torch.arange(t_slots, device=device).unsqueeze(0)  # 1 x T
+    from_left = t < chars_left.unsqueeze(1)  # M x T
+    src_sample = torch.where(from_left, left_idx.unsqueeze(1), right_idx.unsqueeze(1))
+    src_slot = torch.where(from_left, t, t - chars_left.unsqueeze(1))  # always in [0, T)
+    aug_labels = labels.to(device)[src_sample, src_slot].contiguous()
+
+    total = chars_left + chars_right
+    valid = total <= t_slots - 1
+    aug_lengths = torch.clamp(total + 1, max=t_slots).to(lengths.dtype).contiguous()
+    return aug_images, aug_labels, aug_lengths, valid.contiguous()
+
+
+def _pair_indices(n: int, perm: torch.Tensor, partner_left: torch.Tensor, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left_idx, right_idx) of one view: sample i sits right of perm[i] where partner_left[i], else left."""
+    perm = perm.to(device=device, dtype=torch.long)
+    partner_left = partner_left.to(device=device, dtype=torch.bool)
+    own = torch.arange(n, device=device)
+    return torch.where(partner_left, perm, own), torch.where(partner_left, own, perm)
 
 
 def conaug(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, perm: torch.Tensor,
@@ -46,31 +78,23 @@ def conaug(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, pe
     overlong: valid is False, its target holds the first T characters of the pair with no end slot (truncated)
     and its length is clamped to T; callers must leave it out of every loss.
     """
-    n = images.shape[0]
-    t_slots = labels.shape[1]
-    device = images.device
-    perm = perm.to(device=device, dtype=torch.long)
-    partner_left = partner_left.to(device=device, dtype=torch.bool)
-    lengths = lengths.to(device)
-    own = torch.arange(n, device=device)
-    left_idx = torch.where(partner_left, perm, own)
-    right_idx = torch.where(partner_left, own, perm)
+    left_idx, right_idx = _pair_indices(images.shape[0], perm, partner_left, images.device)
+    return _pair_up(images, labels, lengths.to(images.device), left_idx, right_idx)
 
-    aug_images = side_by_side(images, left_idx, right_idx)
 
-    chars = lengths.long() - 1
-    chars_left = chars[left_idx]
-    chars_right = chars[right_idx]
-    t = torch.arange(t_slots, device=device).unsqueeze(0)  # 1 x T
-    from_left = t < chars_left.unsqueeze(1)  # N x T
-    src_sample = torch.where(from_left, left_idx.unsqueeze(1), right_idx.unsqueeze(1))
-    src_slot = torch.where(from_left, t, t - chars_left.unsqueeze(1))  # always in [0, T)
-    aug_labels = labels.to(device)[src_sample, src_slot].contiguous()
+def conaug_views(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, perm1: torch.Tensor,
+                 left1: torch.Tensor, perm2: torch.Tensor, left2: torch.Tensor
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Both ConAug views of a batch, each equal to `conaug(images, labels, lengths, perm_k, left_k)`.
 
-    total = chars_left + chars_right
-    valid = total <= t_slots - 1
-    aug_lengths = torch.clamp(total + 1, max=t_slots).to(lengths.dtype).contiguous()
-    return aug_images, aug_labels, aug_lengths, valid.contiguous()
+    Computed as one 2N-row pairing, so the half-width images are computed and gathered once for both views
+    (ConAug is memory-bound on the CPU). Each returned tensor is a contiguous half of a 2N tensor.
+    """
+    n, device = images.shape[0], images.device
+    l1, r1 = _pair_indices(n, perm1, left1, device)
+    l2, r2 = _pair_indices(n, perm2, left2, device)
+    both = _pair_up(images, labels, lengths.to(device), torch.cat([l1, l2]), torch.cat([r1, r2]))
+    return tuple(t[:n] for t in both), tuple(t[n:] for t in both)
 
 
 def _coins(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
@@ -161,8 +185,7 @@ class ConAugPretransform(Callback):
             x = x[0]
         y, l = last_target[0], last_target[1]
         perm1, left1, perm2, left2 = draw_conaug_params(x.shape[0], self.side, device=x.device)
-        x1, y1, l1, v1 = conaug(x, y, l, perm1, left1)
-        x2, y2, l2, v2 = conaug(x, y, l, perm2, left2)
+        (x1, y1, l1, v1), (x2, y2, l2, v2) = conaug_views(x, y, l, perm1, left1, perm2, left2)
         self._invalid = (torch.cat([~v1, ~v2]).float().mean()).detach()
         if self.test_conaug and self.grids_written < self.grid_batches:
             self._write_grid(x, x1, x2, y, y1, y2, v1, v2)

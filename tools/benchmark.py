@@ -43,7 +43,7 @@ from losses.conclr_loss import ConCLRLoss  # noqa: E402
 from losses.contrastive import contrastive_loss  # noqa: E402
 from losses.recognition import RecognitionLoss  # noqa: E402
 from main import build_model  # noqa: E402
-from utils import REPO_ROOT, CharsetMapper, Config  # noqa: E402
+from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc  # noqa: E402
 
 ABINET = 'modules.model_vision.BaseVision'
 CONCLR = 'modules.model_conclr.ConCLR_Vision'
@@ -747,24 +747,6 @@ def _yaml_of(config: Config) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
-def tune_malloc() -> bool:
-    """glibc only: keep freed memory in the process (no trimming, no mmap for big blocks); False elsewhere.
-
-    glibc hands large freed blocks back to the kernel, so the next step's activations fault their pages in
-    again; on a virtual machine that can cost 10-15 % of a CPU training step. Irreversible for this process.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library('c')
-    try:
-        libc = ctypes.CDLL(name or 'libc.so.6')
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(libc.mallopt(m_mmap_threshold, 2**30))
-    except (OSError, AttributeError):
-        return False
-
-
 # ----------------------------------------------------------------------------------------------- entry point
 
 
@@ -793,8 +775,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--demo_copies', type=int, default=None, help='copies of the 8 demo images (default 16)')
     p.add_argument('--sections', nargs='*', default=None,
                    choices=('train', 'conaug', 'clr', 'loader', 'infer', 'demo'), help='run only these sections')
-    p.add_argument('--malloc_tune', action='store_true',
-                   help='glibc: keep freed memory in the process (shows the cost of page faults on CPU)')
+    p.add_argument('--no_malloc_tune', action='store_true',
+                   help="keep glibc's default malloc (by default the benchmark tunes it as main.py does with "
+                        'global.malloc_tune; --quick never tunes, as it runs inside the test process)')
     p.add_argument('--quick', action='store_true', help='tiny model and sizes: the whole harness in seconds')
     p.add_argument('--output', default=None, help='write the table as JSON here')
     return p.parse_args(argv)
@@ -839,7 +822,7 @@ def run(argv: list[str] | None = None) -> Report:
         torch.set_num_threads(args.threads)
     elif not s.quick:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
-    malloc_tuned = tune_malloc() if args.malloc_tune else False
+    malloc_tuned = tune_malloc() if not (args.no_malloc_tune or s.quick) else False
     report = Report()
     report.meta = {
         'command': 'python tools/benchmark.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
@@ -883,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     m = report.meta
     print(f"device {m['device']}, torch {m['torch']}, {m['threads']} threads, model {m['size']}, batch {m['batch']}, "
+          f"malloc {'tuned' if m['malloc_tuned'] else 'glibc default'}, "
           f"load average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}, {m['seconds']} s")
     busy = m['load_average_start'][0]
     if busy > (m['cpu_count'] or 1) - m['threads'] + 0.5:

@@ -51,7 +51,7 @@ from checkpoint import CheckpointError  # noqa: E402
 from dataset import DatasetError, ImageDataset, close_lmdb, dataset_kwargs, open_lmdb  # noqa: E402
 from tools.create_lmdb_dataset import write_lmdb  # noqa: E402
 from tools.render_synthetic import _dictionary_words, find_fonts, make_vocabulary, render_split  # noqa: E402
-from utils import REPO_ROOT, CharsetMapper, Config, ConfigError  # noqa: E402
+from utils import REPO_ROOT, CharsetMapper, Config, ConfigError, tune_malloc  # noqa: E402
 
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     'vocab_size': 2000,        # |V|: English words the models train on
@@ -742,6 +742,8 @@ def run_study(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 raise ExperimentError(f'models.{run}: model.name {config.model_name} is '
                                       f'{"" if abinet_main.is_conclr(model) else "not "}a ConCLR model')
             batch = config.dataset_train_batch_size
+            if config.global_malloc_tune:  # as main.py does; before any training, for both models alike
+                tune_malloc()
             warm_up(model, config, device)
     finally:
         shutil.rmtree(output / 'check', ignore_errors=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fastai.basic_train import loss_batch
 from fastai.callback import CallbackHandler
 
-from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params, make_conaug_grid
+from callbacks.conaug import ConAugPretransform, conaug, conaug_views, draw_conaug_params, make_conaug_grid
 from utils import CharsetMapper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,6 +148,22 @@ def test_inputs_are_not_modified():
 
 def is_permutation(p, n):
     return sorted(p.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize('width', [6, 7])
+def test_views_equal_two_single_views(width):
+    """Both views from one 2N pairing equal two separate `conaug` calls, for even and odd widths."""
+    g = torch.Generator().manual_seed(width)
+    words = [[1 + int(k) for k in torch.randint(0, 4, (int(n),), generator=g)]
+             for n in torch.randint(1, T, (9,), generator=g)]
+    y, l = onehot(words)
+    x = images_of(9, w=width, seed=width)
+    perm1, left1, perm2, left2 = draw_conaug_params(9, 'sample', generator=g)
+    view1, view2 = conaug_views(x, y, l, perm1, left1, perm2, left2)
+    for view, (perm, left) in ((view1, (perm1, left1)), (view2, (perm2, left2))):
+        for got, want in zip(view, conaug(x, y, l, perm, left)):
+            assert got.is_contiguous()
+            assert torch.equal(got, want)
 
 
 def test_draw_params_fixed():
