@@ -67,7 +67,8 @@ SIZES = ('tiny', 'quarter', 'official')
 METRIC_KEYS = (
     'train.abinet.step_s', 'train.abinet.img_s', 'train.conclr.step_s', 'train.conclr.img_s', 'train.ratio',
     'train.abinet3n.step_s', 'train.conclr_overhead',
-    'conaug.equal', 'conaug.b384.vec_s', 'conaug.b384.loop_s', 'conaug.b384.speedup', 'conaug.b384.frac_step',
+    'conaug.equal', 'conaug.b384.vec_s', 'conaug.b384.loop_s', 'conaug.b384.speedup', 'conaug.b384.copy_s',
+    'conaug.b384.vs_copy', 'conaug.b384.frac_step',
     'conaug.batch.vec_s', 'conaug.batch.frac_step',
     'clr.equal', 'clr.max_rel_err', 'clr.n384.vec_s', 'clr.n384.loop_s', 'clr.n384.speedup', 'clr.n384.frac_step',
     'clr.batch.vec_s', 'clr.batch.frac_step',
@@ -482,8 +483,10 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
 
     big = make_batch(s.conaug_batch, charset, 32, 128, s.device, seed=4)
     repeats = max(3, s.steps)
-    timed = interleaved_medians({'vec': vectorised(big), 'loop': loop(big)}, repeats, 1, s.device)
-    vec, ref = timed['vec'], timed['loop']
+    views = torch.empty(2 * s.conaug_batch, *big[0].shape[1:], device=s.device)  # what ConAug writes
+    timed = interleaved_medians({'vec': vectorised(big), 'loop': loop(big), 'copy': lambda: views.clone()},
+                                repeats, 1, s.device)
+    vec, ref, copy = timed['vec'], timed['loop'], timed['copy']
     scaled_step = conclr_step * s.conaug_batch / s.batch
     step_note = (f'ConCLR step measured at batch {s.batch}' if s.batch == s.conaug_batch else
                  f'vs ConCLR step scaled linearly from batch {s.batch} to {s.conaug_batch}')
@@ -492,6 +495,9 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
                note=f'32x128, C={charset.num_classes}, T={config.dataset_max_length + 1}; callback on_batch_begin')
     report.add('conaug.b384.loop_s', f'ConAug batch {n} (2 views) per-sample loop', ref, 's')
     report.add('conaug.b384.speedup', f'ConAug batch {n} speed-up over loop', ref / vec, 'x', ('>=', 20))
+    report.add('conaug.b384.copy_s', f'copy of ConAug\'s output (2 x {n} images)', copy, 's',
+               note='a memory-bound floor: clone of a tensor the size of both views')
+    report.add('conaug.b384.vs_copy', f'ConAug batch {n} / copy of its output', vec / copy, 'x')
     report.add('conaug.b384.frac_step', f'ConAug batch {n} / ConCLR step', vec / scaled_step, 'frac', ('<', 0.02),
                note=step_note)
 
