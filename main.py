@@ -46,7 +46,15 @@ from callbacks.lr_schedule import PiecewiseConstantLR
 from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from callbacks.tensorboard_images import log_eval_images
 from checkpoint import CheckpointError, load_checkpoint, load_weights
-from dataset import DatasetError, ImageDataset, dataset_kwargs, get_dataset, limit_opencv_threads, seed_worker
+from dataset import (
+    DatasetError,
+    ImageDataset,
+    dataset_kwargs,
+    get_dataset,
+    limit_opencv_threads,
+    process_rank,
+    seed_worker,
+)
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
@@ -374,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             test(config, env.device, image_only=args.image_only, env=env)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
-        rank = env.rank if env is not None else int(os.environ.get('RANK', 0))
+        rank = env.rank if env is not None else process_rank()
         print(f'error: {e}' if rank == 0 else f'error (rank {rank}): {e}', file=sys.stderr)
         return 2
     finally:
