@@ -39,6 +39,7 @@ from callbacks.distributed import (
     setup_distributed,
     setup_rank_logger,
     shared_seed,
+    sum_across_ranks,
     unwrap,
 )
 from callbacks.iteration import IterationCallback
@@ -47,6 +48,7 @@ from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from callbacks.tensorboard_images import log_eval_images
 from checkpoint import CheckpointError, load_checkpoint, load_weights
 from dataset import (
+    SMALL_SIDE,
     DatasetError,
     ImageDataset,
     dataset_kwargs,
@@ -293,15 +295,22 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     finally:
         if writer is not None:
             writer.close()
-    replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
-                f'{replaced} unreadable training sample(s) replaced' + (' on rank 0' if env.distributed else ''))
+                + replaced_summary(train_set, device))
     dump = os.environ.get(DUMP_FINAL_STATE_ENV)
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         torch.save({'model': unwrap(learn.model).state_dict(), 'history': iteration_cb.history},
                    Path(dump) / f'rank{env.rank}.pth')
     return iteration_cb
+
+
+def replaced_summary(train_set: Any, device: torch.device) -> str:
+    """How many training samples were replaced, by cause, summed over worker processes and ranks (a collective)."""
+    unreadable, small = sum_across_ranks([float(sum(ds.num_replaced for ds in train_set.datasets)),
+                                          float(sum(ds.num_small for ds in train_set.datasets))], device)
+    return (f'training samples replaced by random ones: {int(unreadable)} unreadable (undecodable image or '
+            f'unusable label), {int(small)} too small (a side of {SMALL_SIDE} px or less)')
 
 
 def test(config: Config, device: torch.device, image_only: bool = False,
