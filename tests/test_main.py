@@ -79,9 +79,14 @@ def test_conclr_training_lowers_recognition_and_contrastive_loss(tmp_path, lmdbs
     for key in ('rec_loss', 'clr_loss'):
         first, last = _first_last(history, key)
         assert last < first, (key, history)
-    assert set(history[0]) >= {'vision_loss', 'vision_aug1_loss', 'vision_aug2_loss', 'rec_loss', 'clr_loss',
-                               'invalid_rate'}
-    assert all(h['invalid_rate'] == 0.0 for h in history)  # 4 + 4 characters fit max_length 12
+    rates = ('invalid_rate', 'overlong_rate_view1', 'overlong_rate_view2')
+    assert set(history[0]) >= {'vision_loss', 'vision_aug1_loss', 'vision_aug2_loss', 'rec_loss', 'clr_loss', *rates}
+    assert all(h[key] == 0.0 for h in history for key in rates)  # 4 + 4 characters fit max_length 12
+    window_line = next(line for line in (config.workdir / 'train.txt').read_text().splitlines() if 'iter 20:' in line)
+    assert all(f'{key} = 0.0000' in window_line for key in rates)
+    accumulator = EventAccumulator(str(next(config.workdir.glob('events.out.tfevents.*'))), {'scalars': 0})
+    accumulator.Reload()
+    assert {f'train/{key}' for key in rates} <= set(accumulator.Tags()['scalars'])
     state = load_checkpoint(config.workdir / 'best-run.pth')
     assert any(k.startswith('projection_head.') for k in state['model'])
 
