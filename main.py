@@ -43,7 +43,7 @@ from callbacks.distributed import (
     unwrap,
 )
 from callbacks.iteration import IterationCallback
-from callbacks.lr_schedule import PiecewiseConstantLR
+from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
 from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from callbacks.tensorboard_images import log_eval_images
 from checkpoint import CheckpointError, load_checkpoint, load_weights
@@ -272,7 +272,8 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
                            find_unused_parameters=config.training_find_unused_parameters),
         NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
-                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch)]
+                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch,
+                            epochs=config.training_epochs, logger=logger)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(model):
@@ -282,9 +283,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     callbacks.append(iteration_cb)
     epochs = config.training_epochs - point.epoch
     max_iters = config.training_max_iters
-    if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters):
+    end = schedule_end(config.optimizer_scheduler_periods, iters_per_epoch, config.training_epochs)
+    if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters) or \
+            (end is not None and point.iteration >= end):
         logger.info(f'nothing left to train at iteration {point.iteration}, epoch {point.epoch} '
-                    f'(training.epochs {config.training_epochs}, training.max_iters {max_iters})')
+                    f'(training.epochs {config.training_epochs}, optimizer.scheduler.periods '
+                    f'{config.optimizer_scheduler_periods}, training.max_iters {max_iters})')
         if writer is not None:
             writer.close()
         return iteration_cb

@@ -64,6 +64,25 @@ def test_lr_phases_follow_periods(tmp_path, lmdbs):
     assert callback.iteration == 30
 
 
+def test_training_ends_after_the_last_lr_phase(tmp_path, lmdbs):
+    # As ABINet: the schedule's 1.5 epochs end the run although training.epochs asks for 5 and no max_iters is set.
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], epochs=5, max_iters=None, save_iters=1000)
+    text = path.read_text().replace('lr: 0.003', 'lr: 0.001\n  scheduler:\n    periods: [1, 0.5]\n    gamma: 0.1')
+    path.write_text(text)
+    config = Config(path)
+    callback = main.train(config, torch.device('cpu'))
+    # 160 samples / batch 8 = 20 iterations per epoch: the schedule ends after 30.
+    assert callback.iteration == 30
+    log = (config.workdir / 'train.txt').read_text()
+    assert 'training ends at iteration 30, as in ABINet: the last lr phase is over' in log
+    assert 'iter 30: loss' in log and 'iter 31' not in log
+    assert load_checkpoint(config.workdir / 'run_1_30.pth')['iteration'] == 30  # the end-of-training save
+    # A run resumed at the end of the schedule has nothing left to train.
+    assert main.main(['--config', str(path), '--resume', str(config.workdir / 'run_1_30.pth')]) == 0
+    assert 'nothing left to train at iteration 30' in (config.workdir / 'train.txt').read_text()
+
+
 def test_conclr_training_lowers_recognition_and_contrastive_loss(tmp_path, lmdbs):
     # Words of one length keep the contrastive loss (a sum over the characters of a pair) comparable between
     # batches. It sits at its collapse value (every glimpse alike) until attention tells positions apart, so
