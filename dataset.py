@@ -22,6 +22,7 @@ _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 MAX_REPLACE_TRIES = 100
 WARN_FIRST = 5  # replaced samples reported one by one before switching to periodic counts
 WARN_EVERY = 1000
+SMALL_SIDE = 6  # in training, images with a side of this many pixels or fewer are skipped, as upstream
 
 
 class DatasetError(RuntimeError):
@@ -135,6 +136,7 @@ class ImageDataset(Dataset):
         self.augment = TrainAugment() if is_training and data_aug else None
         self._draws = 0  # per-process counter mixed into the augmentation seed
         self._num_replaced = multiprocessing.Value('q', 0)  # shared with forked DataLoader workers
+        self._num_small = multiprocessing.Value('q', 0)  # likewise, for images skipped as too small
 
         with open_lmdb(self.path).begin() as txn:
             self.num_samples = self._read_count(txn)
@@ -206,6 +208,11 @@ class ImageDataset(Dataset):
         """Samples replaced so far because of a corrupt image or unusable label (all worker processes)."""
         return self._num_replaced.value
 
+    @property
+    def num_small(self) -> int:
+        """Samples replaced so far because the image has a side of SMALL_SIDE px or less (all worker processes)."""
+        return self._num_small.value
+
     def _rng(self, i: int) -> np.random.Generator:
         # torch.initial_seed() differs per DataLoader worker (and per epoch without persistent workers), the rank
         # per process of a distributed run (all seeded alike), the counter per draw within a process.
@@ -215,15 +222,17 @@ class ImageDataset(Dataset):
             entropy.append(self.seed % 2**63)
         return np.random.default_rng(entropy)
 
-    def _report_replaced(self, index: int, reason: str) -> None:
-        with self._num_replaced.get_lock():
-            self._num_replaced.value += 1
-            count = self._num_replaced.value
+    def _report_replaced(self, index: int, reason: str, small: bool = False) -> None:
+        counter = self._num_small if small else self._num_replaced
+        with counter.get_lock():
+            counter.value += 1
+            count = counter.value
         logger = get_logger()
         if count <= WARN_FIRST:
             logger.warning(f'{self.path}: sample {index} replaced by a random one ({reason})')
         elif count % WARN_EVERY == 0:
-            logger.warning(f'{self.path}: {count} samples replaced so far (corrupt image or unusable label)')
+            kind = f'a side of {SMALL_SIDE} px or less' if small else 'corrupt image or unusable label'
+            logger.warning(f'{self.path}: {count} samples replaced so far ({kind})')
 
     def _load(self, index: int) -> tuple[np.ndarray | None, str | None]:
         with open_lmdb(self.path).begin() as txn:
@@ -257,11 +266,16 @@ class ImageDataset(Dataset):
         rng = self._rng(i)
         for _ in range(MAX_REPLACE_TRIES):
             img, text = self._load(index)
-            if img is not None and text is not None:
+            if img is None or text is None:
+                self._report_replaced(index, 'undecodable image' if img is None else 'unusable label')
+            elif min(img.shape[:2]) <= SMALL_SIDE:
+                h, w = img.shape[:2]
+                self._report_replaced(index, f'{w} x {h} px, a side of {SMALL_SIDE} px or less', small=True)
+            else:
                 return self._preprocess(img, rng), self._target(text)
-            self._report_replaced(index, 'undecodable image' if img is None else 'unusable label')
             index = int(rng.integers(1, self.num_samples + 1))
-        raise DatasetError(f'{self.path}: {MAX_REPLACE_TRIES} samples in a row were unusable')
+        raise DatasetError(f'{self.path}: {MAX_REPLACE_TRIES} samples in a row were unusable (undecodable image, '
+                           f'unusable label or a side of {SMALL_SIDE} px or less)')
 
     def __repr__(self) -> str:
         mode = 'train' if self.is_training else 'test'

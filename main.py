@@ -39,14 +39,16 @@ from callbacks.distributed import (
     setup_distributed,
     setup_rank_logger,
     shared_seed,
+    sum_across_ranks,
     unwrap,
 )
 from callbacks.iteration import IterationCallback
-from callbacks.lr_schedule import PiecewiseConstantLR
+from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
 from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from callbacks.tensorboard_images import log_eval_images
 from checkpoint import CheckpointError, load_checkpoint, load_weights
 from dataset import (
+    SMALL_SIDE,
     DatasetError,
     ImageDataset,
     dataset_kwargs,
@@ -270,7 +272,8 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
                            find_unused_parameters=config.training_find_unused_parameters),
         NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
-                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch)]
+                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch,
+                            epochs=config.training_epochs, logger=logger)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(model):
@@ -280,9 +283,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     callbacks.append(iteration_cb)
     epochs = config.training_epochs - point.epoch
     max_iters = config.training_max_iters
-    if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters):
+    end = schedule_end(config.optimizer_scheduler_periods, iters_per_epoch, config.training_epochs)
+    if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters) or \
+            (end is not None and point.iteration >= end):
         logger.info(f'nothing left to train at iteration {point.iteration}, epoch {point.epoch} '
-                    f'(training.epochs {config.training_epochs}, training.max_iters {max_iters})')
+                    f'(training.epochs {config.training_epochs}, optimizer.scheduler.periods '
+                    f'{config.optimizer_scheduler_periods}, training.max_iters {max_iters})')
         if writer is not None:
             writer.close()
         return iteration_cb
@@ -293,15 +299,22 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     finally:
         if writer is not None:
             writer.close()
-    replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
-                f'{replaced} unreadable training sample(s) replaced' + (' on rank 0' if env.distributed else ''))
+                + replaced_summary(train_set, device))
     dump = os.environ.get(DUMP_FINAL_STATE_ENV)
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         torch.save({'model': unwrap(learn.model).state_dict(), 'history': iteration_cb.history},
                    Path(dump) / f'rank{env.rank}.pth')
     return iteration_cb
+
+
+def replaced_summary(train_set: Any, device: torch.device) -> str:
+    """How many training samples were replaced, by cause, summed over worker processes and ranks (a collective)."""
+    unreadable, small = sum_across_ranks([float(sum(ds.num_replaced for ds in train_set.datasets)),
+                                          float(sum(ds.num_small for ds in train_set.datasets))], device)
+    return (f'training samples replaced by random ones: {int(unreadable)} unreadable (undecodable image or '
+            f'unusable label), {int(small)} too small (a side of {SMALL_SIDE} px or less)')
 
 
 def test(config: Config, device: torch.device, image_only: bool = False,

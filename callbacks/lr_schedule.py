@@ -1,7 +1,9 @@
-"""ABINet's piecewise-constant learning rate: `periods` epochs per phase, lr * gamma**phase."""
+"""ABINet's piecewise-constant learning rate: `periods` epochs per phase, lr * gamma**phase; training stops after the
+last phase, as in ABINet (whose fastai scheduler ends the run there), even when `training.epochs` asks for more."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from fastai.basic_train import Learner, LearnerCallback
@@ -23,19 +25,32 @@ def lr_at(iteration: int, iters_per_epoch: int, lr: float, periods: Sequence[int
     return lr * gamma ** lr_phase(iteration, iters_per_epoch, periods)
 
 
+def schedule_end(periods: Sequence[float], iters_per_epoch: int, epochs: float) -> float | None:
+    """Iterations after which the last lr phase is over, when that comes before `epochs` epochs; else None."""
+    if not periods or sum(periods) >= epochs:
+        return None
+    return sum(periods) * iters_per_epoch
+
+
 class PiecewiseConstantLR(LearnerCallback):
     """Sets the optimiser's lr before every training batch from the global iteration counter.
 
     `start_iter` is the global iteration the run starts at (a resumed run passes its checkpoint's); pass
     `iters_per_epoch` when the first epoch is shorter than a full one (a run resumed mid-epoch), else it is read
-    from the training loader when training begins.
+    from the training loader when training begins. With `epochs` (the run's `training.epochs`) larger than the
+    periods' sum, training stops after the last phase's final iteration and says so on `logger`.
     """
 
+    _order = 20  # after IterationCallback (10), whose on_epoch_end would clear the stop asked for here
+
     def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0,
-                 iters_per_epoch: int | None = None):
+                 iters_per_epoch: int | None = None, *, epochs: float | None = None,
+                 logger: logging.Logger | None = None):
         super().__init__(learn)
         self.lr, self.periods, self.gamma, self.start_iter = lr, list(periods), gamma, start_iter
         self.iters_per_epoch = iters_per_epoch
+        self.epochs, self.logger = epochs, logger
+        self.schedule_over = False
 
     def on_train_begin(self, **kwargs: Any) -> None:
         if self.iters_per_epoch is None:
@@ -45,3 +60,20 @@ class PiecewiseConstantLR(LearnerCallback):
         if train:
             self.learn.opt.lr = lr_at(self.start_iter + iteration, self.iters_per_epoch, self.lr, self.periods,
                                       self.gamma)
+
+    def on_batch_end(self, iteration: int, train: bool, **kwargs: Any) -> dict | None:
+        if not train or self.epochs is None:
+            return None
+        end = schedule_end(self.periods, self.iters_per_epoch, self.epochs)
+        done = self.start_iter + iteration + 1  # fastai counts this batch after its callbacks
+        if end is None or done < end:
+            return None
+        self.schedule_over = True
+        if self.logger is not None:
+            self.logger.info(f'training ends at iteration {done}, as in ABINet: the last lr phase is over '
+                             f'(optimizer.scheduler.periods {self.periods} end after {sum(self.periods)} of '
+                             f'training.epochs {self.epochs})')
+        return {'stop_epoch': True, 'stop_training': True}
+
+    def on_epoch_end(self, **kwargs: Any) -> dict | None:
+        return {'stop_training': True} if self.schedule_over else None

@@ -16,7 +16,8 @@ class ConCLRLoss(nn.Module):
 
     Called by fastai as loss_func(outputs, y, l, y1, l1, v1, y2, l2, v2) in training (the ConAug callback
     builds that target tuple) and loss_func(output, y, l) in evaluation. Every term is recorded in
-    `self.losses` for the logging callback.
+    `self.losses` for the logging callback, with the share of pairs left out of the contrastive loss
+    (`invalid_rate`) and the overlong-pair rate of each view (`overlong_rate_view1`, `overlong_rate_view2`).
     """
 
     def __init__(self, tau: float = 2.0, alpha: float = 0.2, include_eos: bool = False):
@@ -42,6 +43,9 @@ class ConCLRLoss(nn.Module):
         clr = contrastive_loss(outputs[1]['embedding'], outputs[2]['embedding'], onehot_to_index(y1),
                                onehot_to_index(y2), l1, l2, tau=self.tau, include_eos=self.include_eos,
                                valid=v1 & v2)
+        # Rates stay 0-dim tensors on the batch's device, like the loss terms: no host sync here.
         self.losses = {**{k: v.detach() for k, v in terms.items()}, 'rec_loss': rec.detach(),
-                       'clr_loss': clr.detach(), 'invalid_rate': 1.0 - (v1 & v2).float().mean().detach()}
+                       'clr_loss': clr.detach(), 'invalid_rate': 1.0 - (v1 & v2).float().mean().detach(),
+                       'overlong_rate_view1': 1.0 - v1.float().mean().detach(),
+                       'overlong_rate_view2': 1.0 - v2.float().mean().detach()}
         return rec + self.alpha * clr

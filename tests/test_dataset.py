@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+import main
 from dataset import DatasetError, DatasetNotFoundError, ImageDataset, dataset_kwargs, get_dataset
 from tools.create_lmdb_dataset import write_lmdb
 from utils import REPO_ROOT, CharsetMapper, Config
@@ -163,6 +164,50 @@ def test_training_count_is_shared_with_workers(tmp_path, charset):
     images, (onehots, lengths) = batches[0]
     assert images.shape == (3, 3, 32, 128) and onehots.shape == (3, 26, 37) and lengths.shape == (3,)
     assert ds.num_replaced >= 1  # counted in a worker process, seen here
+
+
+def _small_image_lmdb(path):
+    """Colours say which sample came back: red 5 px high, green 6 px wide, blue 7 x 7, white 20 x 60."""
+    samples = [(_png((255, 0, 0), h=5, w=60), 'tiny'), (_png((0, 255, 0), h=20, w=6), 'thin'),
+               (_png((0, 0, 255), h=7, w=7), 'seven'), (_png((255, 255, 255)), 'plain')]
+    return _lmdb(path, samples)
+
+
+def test_training_skips_and_counts_images_with_a_side_of_six_px_or_less(tmp_path, charset):
+    ds = ImageDataset(_small_image_lmdb(tmp_path / 'db'), charset, is_training=True, data_aug=False, seed=0)
+    kept = {'seven': _normalised((0, 0, 255)), 'plain': _normalised((255, 255, 255))}
+    records, handler = _capture()
+    try:
+        draws = [ds[i % 4] for i in range(40)]
+    finally:
+        logging.getLogger('conclr').removeHandler(handler)
+    for image, (onehot, _) in draws:
+        text = charset.decode(onehot.argmax(-1))
+        assert text in kept  # the 5 px high and 6 px wide images never come back
+        np.testing.assert_allclose(image[:, 16, 64].numpy(), kept[text], atol=1e-5)
+    assert ds.num_small >= 20 and ds.num_replaced == 0  # every draw of position 0 or 1 replaced at least once
+    messages = [r.getMessage() for r in records]
+    assert any('sample 1' in m and '60 x 5 px' in m for m in messages)
+    assert any('sample 2' in m and '6 x 20 px' in m for m in messages)
+
+
+def test_test_mode_keeps_small_images(tmp_path, charset):
+    ds = ImageDataset(_small_image_lmdb(tmp_path / 'db'), charset, is_training=False)
+    assert [charset.decode(ds[i][1][0].argmax(-1)) for i in range(4)] == ['tiny', 'thin', 'seven', 'plain']
+    np.testing.assert_allclose(ds[0][0][:, 16, 64].numpy(), _normalised((255, 0, 0)), atol=1e-5)
+
+
+def test_small_image_count_is_shared_with_workers_and_summed_in_the_log_line(tmp_path, charset):
+    samples = [(_png(), f'w{i}') for i in range(10)]
+    samples[3] = (_png(h=5, w=40), 'tiny')
+    samples[6] = (b'garbage', 'bad')
+    ds = ImageDataset(_lmdb(tmp_path / 'db', samples), charset, is_training=True, data_aug=False)
+    loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=2, drop_last=True)
+    texts = [charset.decode(row.argmax(-1)) for _, (onehots, _) in loader for row in onehots]
+    assert len(texts) == 10 and 'tiny' not in texts and 'bad' not in texts
+    assert ds.num_small >= 1 and ds.num_replaced >= 1  # counted in worker processes, seen here
+    line = main.replaced_summary(ConcatDataset([ds]), torch.device('cpu'))
+    assert f'{ds.num_replaced} unreadable' in line and f'{ds.num_small} too small (a side of 6 px or less)' in line
 
 
 def test_augmentation_differs_between_draws(tmp_path, charset):

@@ -64,6 +64,25 @@ def test_lr_phases_follow_periods(tmp_path, lmdbs):
     assert callback.iteration == 30
 
 
+def test_training_ends_after_the_last_lr_phase(tmp_path, lmdbs):
+    # As ABINet: the schedule's 1.5 epochs end the run although training.epochs asks for 5 and no max_iters is set.
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], epochs=5, max_iters=None, save_iters=1000)
+    text = path.read_text().replace('lr: 0.003', 'lr: 0.001\n  scheduler:\n    periods: [1, 0.5]\n    gamma: 0.1')
+    path.write_text(text)
+    config = Config(path)
+    callback = main.train(config, torch.device('cpu'))
+    # 160 samples / batch 8 = 20 iterations per epoch: the schedule ends after 30.
+    assert callback.iteration == 30
+    log = (config.workdir / 'train.txt').read_text()
+    assert 'training ends at iteration 30, as in ABINet: the last lr phase is over' in log
+    assert 'iter 30: loss' in log and 'iter 31' not in log
+    assert load_checkpoint(config.workdir / 'run_1_30.pth')['iteration'] == 30  # the end-of-training save
+    # A run resumed at the end of the schedule has nothing left to train.
+    assert main.main(['--config', str(path), '--resume', str(config.workdir / 'run_1_30.pth')]) == 0
+    assert 'nothing left to train at iteration 30' in (config.workdir / 'train.txt').read_text()
+
+
 def test_conclr_training_lowers_recognition_and_contrastive_loss(tmp_path, lmdbs):
     # Words of one length keep the contrastive loss (a sum over the characters of a pair) comparable between
     # batches. It sits at its collapse value (every glimpse alike) until attention tells positions apart, so
@@ -79,9 +98,14 @@ def test_conclr_training_lowers_recognition_and_contrastive_loss(tmp_path, lmdbs
     for key in ('rec_loss', 'clr_loss'):
         first, last = _first_last(history, key)
         assert last < first, (key, history)
-    assert set(history[0]) >= {'vision_loss', 'vision_aug1_loss', 'vision_aug2_loss', 'rec_loss', 'clr_loss',
-                               'invalid_rate'}
-    assert all(h['invalid_rate'] == 0.0 for h in history)  # 4 + 4 characters fit max_length 12
+    rates = ('invalid_rate', 'overlong_rate_view1', 'overlong_rate_view2')
+    assert set(history[0]) >= {'vision_loss', 'vision_aug1_loss', 'vision_aug2_loss', 'rec_loss', 'clr_loss', *rates}
+    assert all(h[key] == 0.0 for h in history for key in rates)  # 4 + 4 characters fit max_length 12
+    window_line = next(line for line in (config.workdir / 'train.txt').read_text().splitlines() if 'iter 20:' in line)
+    assert all(f'{key} = 0.0000' in window_line for key in rates)
+    accumulator = EventAccumulator(str(next(config.workdir.glob('events.out.tfevents.*'))), {'scalars': 0})
+    accumulator.Reload()
+    assert {f'train/{key}' for key in rates} <= set(accumulator.Tags()['scalars'])
     state = load_checkpoint(config.workdir / 'best-run.pth')
     assert any(k.startswith('projection_head.') for k in state['model'])
 

@@ -62,18 +62,107 @@ def test_perspective_output_fits_the_moved_corners():
         assert 50 <= out.shape[1] <= 100 and 16 <= out.shape[0] <= 32
 
 
-def test_motion_kernel_is_normalised():
+def test_motion_kernel_is_divided_by_its_length():
     np.testing.assert_array_equal(T.motion_kernel(1, 30.0), [[1.0]])
-    for size, angle in [(3, 0.0), (5, 45.0), (6, -120.0)]:
-        k = T.motion_kernel(size, angle)
-        assert k.shape == (size, size) and abs(k.sum() - 1) < 1e-5 and k.min() >= 0
     horizontal = T.motion_kernel(5, 0.0)
     np.testing.assert_allclose(horizontal[2], np.full(5, 0.2), atol=1e-6)
+    assert horizontal.sum() == pytest.approx(1.0)
+    # A rotated line's interpolated weights no longer sum to its length; upstream divides by the length anyway.
+    diagonal = T.motion_kernel(3, 45.0)
+    line = np.zeros((3, 3), dtype=np.float32)
+    line[1, :] = 1.0
+    rotated = cv2.warpAffine(line, cv2.getRotationMatrix2D((1.0, 1.0), 45.0, 1.0), (3, 3))
+    np.testing.assert_allclose(diagonal, rotated / 3, atol=1e-7)
+    assert abs(diagonal.sum() - 1) > 0.05
 
 
-def test_rescale_factor_one_is_identity():
-    img = _image()
-    np.testing.assert_array_equal(T.rescale(img, np.random.default_rng(0), factor=1), img)
+def _reflect101(i, n):
+    """Index i mirrored about the edge pixels (..., 2, 1 | 0, 1, 2, ... | n-2, n-3, ...)."""
+    return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+
+
+def test_motion_blur_uses_reflected_borders_by_hand():
+    img = _image(4, 7, seed=3)
+    kernel = np.full((3, 3), 0.0, dtype=np.float32)
+    kernel[1, :] = 1 / 3  # horizontal line of length 3, divided by 3
+    out = cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_DEFAULT)
+    h, w = img.shape[:2]
+    expected = np.zeros_like(img)
+    for y in range(h):
+        for x in range(w):
+            total = sum(img[y, _reflect101(x + d, w)].astype(np.float64) for d in (-1, 0, 1))
+            expected[y, x] = np.rint(total / 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def _plain_motion_blur(img, rng, degrees=6):
+    """Motion blur written from the description: length max(int(Beta(1,4) x degrees), 1), angle U(-180, 180),
+    a horizontal line rotated about the kernel centre and divided by its length, reflected (reflect-101) borders."""
+    size = max(int(rng.beta(1, 4) * degrees), 1)
+    angle = rng.uniform(-180, 180)
+    if size == 1:
+        return img
+    line = np.zeros((size, size), dtype=np.float32)
+    line[size // 2, :] = 1.0
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    kernel = cv2.warpAffine(line, cv2.getRotationMatrix2D(centre, angle, 1.0), (size, size)) / size
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _plain_noise(img, rng, var=20):
+    """Gaussian noise written from the description: integer variance max(int(Beta(1,4) x var), 1)."""
+    variance = max(int(rng.beta(1, 4) * var), 1)
+    noise = rng.normal(0.0, variance ** 0.5, img.shape)
+    return np.clip(img.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+def _plain_rescale(img, rng, factor=4):
+    """Rescale written from the description: 512 x 128, round(U(0, factor)) pyrDown levels, back to the size."""
+    levels = round(rng.uniform(0, factor))
+    if levels == 0:
+        return img, 0
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (512, 128), interpolation=cv2.INTER_LINEAR)
+    for _ in range(levels):
+        small = cv2.pyrDown(small)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), levels
+
+
+@pytest.mark.parametrize('shape', [(32, 96), (7, 20), (180, 700)])
+def test_deterioration_ops_match_plain_references(shape):
+    img = _image(*shape, seed=shape[0])
+    levels_seen, sizes_seen = set(), set()
+    for seed in range(40):
+        expected, levels = _plain_rescale(img, np.random.default_rng(seed))
+        levels_seen.add(levels)
+        np.testing.assert_array_equal(T.rescale(img, np.random.default_rng(seed)), expected)
+        np.testing.assert_array_equal(T.gaussian_noise(img, np.random.default_rng(seed)),
+                                      _plain_noise(img, np.random.default_rng(seed)))
+        np.testing.assert_array_equal(T.motion_blur(img, np.random.default_rng(seed)),
+                                      _plain_motion_blur(img, np.random.default_rng(seed)))
+        sizes_seen.add(max(int(np.random.default_rng(seed).beta(1, 4) * 6), 1))
+    assert levels_seen == {0, 1, 2, 3, 4} and len(sizes_seen) >= 3
+
+
+def test_rescale_strength_does_not_depend_on_the_image_size():
+    # Upstream works at 512 x 128 whatever the crop: three or more levels leave at most 64 x 16 pixels of detail,
+    # so stripes of a 16 px period across a 1024 px wide crop (64 periods) are gone, on a big crop as on a small one.
+    stripes = np.zeros((256, 1024, 3), dtype=np.uint8)
+    stripes[:, (np.arange(1024) // 8) % 2 == 1] = 255
+    strong = [s for s in range(200) if round(np.random.default_rng(s).uniform(0, 4)) >= 3][:5]
+    for seed in strong:
+        out = T.rescale(stripes, np.random.default_rng(seed))
+        assert out.shape == stripes.shape
+        assert out.astype(float).std() < 0.1 * stripes.astype(float).std()
+
+
+def test_noise_variance_is_at_least_one():
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    # a draw of variance 0.1 or less becomes 1: the spread is that of N(0, 1) floored to integers (about 1.08),
+    # not of N(0, 0.1) floored (about 0.25)
+    seed = next(s for s in range(1000) if np.random.default_rng(s).beta(1, 4) * 20 < 0.1)
+    out = T.gaussian_noise(flat, np.random.default_rng(seed)).astype(float)
+    assert 0.7 < (out - 128).var() < 1.5
 
 
 def test_colour_adjustments_by_hand():

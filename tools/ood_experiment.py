@@ -395,8 +395,10 @@ def run_config(shared: dict, model: dict, output: Path, seed: int, run: str, ste
                        'training.save_iters': period, 'training.start_iters': 0}.items():
         set_nested(tree, key, value)
     if decay_at is not None:
-        # periods are in epochs; the lr drops after decay_at of this run's steps, whatever their number
-        set_nested(tree, 'optimizer.scheduler.periods', [decay_at * steps / iters_per_epoch, 1])
+        # periods are in epochs; the lr drops after decay_at of this run's steps, whatever their number, and the
+        # second phase outlasts the run (training stops after the last phase; max_iters is what ends these runs)
+        epochs = preset_value(tree, 'training.epochs')
+        set_nested(tree, 'optimizer.scheduler.periods', [decay_at * steps / iters_per_epoch, epochs])
     path = output / 'configs' / f'seed{seed}_{run}.yaml'
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(tree, sort_keys=False))

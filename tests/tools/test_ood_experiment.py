@@ -230,4 +230,5 @@ def test_presets_make_valid_project_configs(tmp_path, name):
                              experiment['decay_at'], experiment['curve_points'])
         config = Config(path)
         assert config.training_max_iters == steps
+        assert sum(config.optimizer_scheduler_periods) * 100 >= steps  # the lr schedule does not end the run early
         assert ('ConCLR' in config.model_name) == (run == 'conclr')
