@@ -10,9 +10,9 @@ import yaml
 
 import main
 from config_aliases import translate_aliases
+from tests.helpers import REPRODUCTION_CONFIG as FIXTURE
 from utils import Config, ConfigError, load_yaml
 
-FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'reproduction_conclr_pretrain_vision_model.yaml'
 TINY = {'d_model': 16, 'nhead': 2, 'd_inner': 32, 'backbone_ln': 1, 'resnet_widths': [4, 8, 8, 16, 16],
         'resnet_layers': [1, 1, 1, 1, 1], 'attention_channels': 8}
 

@@ -19,8 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import main
 from checkpoint import load_checkpoint
 from dataset import open_lmdb
-from tests.helpers import BENCHMARKS, TINY_VISION, render_lmdb, tiny_config
-from tests.test_config_aliases import FIXTURE
+from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
 from utils import REPO_ROOT, Config, load_yaml
 
 
@@ -188,7 +187,7 @@ def test_reproduction_readme_commands_run_as_written(tmp_path, lmdbs):
     """The reproduction's train, test (no checkpoint) and demo commands, on its config layout (tests/fixtures)
     with the data paths pointed at small rendered LMDBs and the model and budget cut down for the CPU."""
     train_root, test_root = lmdbs
-    tree = load_yaml(FIXTURE)
+    tree = load_yaml(REPRODUCTION_CONFIG)
     tree['global'].update(workdir=str(tmp_path / 'workdir'), seed=0)
     tree['dataset'].update(train={'roots': [str(train_root)], 'batch_size': 8}, max_length=12, num_workers=0,
                            test={'roots': [str(test_root)], 'batch_size': 16})
