@@ -7,10 +7,12 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from utils import get_logger
 
 # Keys a ConCLR checkpoint has beyond a plain ABINet-Vision model, and vice versa.
 HEAD_PREFIX = 'projection_head.'
@@ -90,25 +92,64 @@ def _summarise(keys: Iterable[str], limit: int = 8) -> str:
     return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
 
 
+# The public ConCLR reproduction names the projection head's layers `projection_head.head.*`, this project
+# `projection_head.proj.*`, with the same layer indices (0 and 2 of the MLP head; none for the linear head).
+REPRODUCTION_HEAD_PREFIX = HEAD_PREFIX + 'head.'
+OWN_HEAD_PREFIX = HEAD_PREFIX + 'proj.'
+
+
+def map_reproduction_head(weights: dict[str, torch.Tensor], path: str | os.PathLike = 'checkpoint'
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights with the reproduction's head keys renamed onto this project's head, and {new name: name in
+    the file} of the renamed keys (this project's own checkpoints pass unchanged)."""
+    renamed = {OWN_HEAD_PREFIX + k.removeprefix(REPRODUCTION_HEAD_PREFIX): k
+               for k in weights if k.startswith(REPRODUCTION_HEAD_PREFIX)}
+    clash = sorted(k for k in renamed if k in weights)
+    if clash:
+        raise CheckpointError(f'{path}: holds the projection head under both names, e.g. {clash[0]} and '
+                              f'{renamed[clash[0]]}')
+    if not renamed:
+        return weights, {}
+    new_name = {old: new for new, old in renamed.items()}
+    return {new_name.get(k, k): v for k, v in weights.items()}, renamed
+
+
+def optional_head_keys(own: Iterable[str], weights: Iterable[str], path: str | os.PathLike = 'checkpoint',
+                       log: Callable[[str], None] | None = None) -> set[str]:
+    """Head keys that may be missing or left over: a ConCLR checkpoint's head when the model has none (a plain
+    ABINet-Vision model, for inference), or the model's head when the checkpoint has none (it starts fresh).
+    When both have a head, every key of it must fit, like any other key."""
+    log = log or get_logger().info
+    model_head = {k for k in own if k.startswith(HEAD_PREFIX)}
+    file_head = {k for k in weights if k.startswith(HEAD_PREFIX)}
+    if file_head and not model_head:
+        log(f'{path}: its ConCLR projection head ({len(file_head)} tensors) is left out: this model has none '
+            '(ABINet-Vision, inference)')
+        return file_head
+    if model_head and not file_head:
+        log(f'{path}: holds no ConCLR projection head: the model\'s head starts fresh')
+        return model_head
+    return set()
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
-                 optional_prefixes: tuple[str, ...] = (HEAD_PREFIX,)) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Load a checkpoint's vision weights into `model`; returns the whole checkpoint dict.
 
-    Keys under `optional_prefixes` (the ConCLR projection head) may be missing or left over either way.
-    With `strict`, any other missing, unexpected or shape-mismatched key is an error listing them; without
-    it, only matching keys are loaded.
+    The reproduction's head keys are mapped onto this project's head (see `map_reproduction_head`); the head may
+    be absent on one side only (see `optional_head_keys`). With `strict`, any other missing, unexpected or
+    shape-mismatched key is an error listing them (under its name in the file); without it, only matching keys
+    are loaded. `log` (default: the project logger) gets one line per head translation.
     """
+    log = log or get_logger().info
     state = load_checkpoint(path)
-    weights = model_state(state, path)
+    weights, renamed = map_reproduction_head(model_state(state, path), path)
     target = getattr(model, 'module', model)
     own = target.state_dict()
-
-    def optional(key: str) -> bool:
-        return key.startswith(optional_prefixes)
-
-    missing = [k for k in own if k not in weights and not optional(k)]
-    unexpected = [k for k in weights if k not in own and not optional(k)]
-    mismatched = [f'{k} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
+    optional = optional_head_keys(own, weights, path, log)
+    missing = [k for k in own if k not in weights and k not in optional]
+    unexpected = [renamed.get(k, k) for k in weights if k not in own and k not in optional]
+    mismatched = [f'{renamed.get(k, k)} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
                   for k in weights if k in own and weights[k].shape != own[k].shape]
     if strict and (missing or unexpected or mismatched):
         parts = [f'{name}: {_summarise(keys)}' for name, keys in
@@ -116,4 +157,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
         raise CheckpointError(f'{path} does not fit the model; ' + '; '.join(parts))
     loadable = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
     target.load_state_dict(loadable, strict=False)
+    if renamed and any(k in loadable for k in renamed):
+        log(f'{path}: the ConCLR reproduction\'s projection head {REPRODUCTION_HEAD_PREFIX}* loaded as '
+            f'{OWN_HEAD_PREFIX}* ({len(renamed)} tensors)')
     return state

@@ -1,8 +1,8 @@
 """Recognise the word images of a folder (or a wildcard) with a trained vision model and draw its attention maps.
 
-    python demo.py --config=configs/conclr_pretrain_vision_model.yaml --input=test/img/path --checkpoint=best.pth
+    python demo.py --config=configs/conclr_pretrain_vision_model.yaml --input=test/img/path [--checkpoint=best.pth]
 
-prints `path<TAB>prediction<TAB>confidence` per image on stdout, warnings and errors on stderr.
+prints `path<TAB>prediction<TAB>confidence` per image on stdout, notes, warnings and errors on stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import cv2.utils.logging as cv2_logging
@@ -42,7 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--input', type=str, required=True, help='a folder of images, or a wildcard pattern '
                         '(quote it: --input="imgs/*.jpg")')
     parser.add_argument('--checkpoint', type=str, default=None, help='ABINet-Vision, full ABINet, BaseVision or '
-                        'ConCLR checkpoint (default: model.checkpoint of the config)')
+                        'ConCLR checkpoint (default: model.checkpoint of the config, else the run\'s best checkpoint '
+                        '<global.workdir>/<global.name>/best-<global.name>.pth)')
     parser.add_argument('--cuda', type=int, default=-1, help='GPU index; -1 runs on the CPU')
     parser.add_argument('--model_eval', type=str, default='vision', choices=MODEL_EVALS,
                         help="model output to show; only 'vision' exists in this project")
@@ -53,24 +54,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def note(message: str) -> None:
+    """One informational line on stderr (translated config keys, which checkpoint and head were loaded)."""
+    print(f'note: {message}', file=sys.stderr)
+
+
 def checkpoint_paths(config: Config, checkpoint: str | None) -> list[str]:
-    """Checkpoints to load in order, as main.py does: model.vision.checkpoint, then --checkpoint or model.checkpoint."""
-    paths = [p for p in (config.model_vision_checkpoint, checkpoint or config.model_checkpoint) if p]
-    if not paths:
-        raise DemoError('no checkpoint: pass --checkpoint PATH (predictions of random weights are meaningless)')
-    return paths
+    """Checkpoints to load in order, as main.py's test phase does: model.vision.checkpoint, then --checkpoint or
+    model.checkpoint, else the run's best checkpoint `<global.workdir>/<global.name>/best-<global.name>.pth`."""
+    chosen = checkpoint or config.model_checkpoint
+    if not chosen:
+        best = config.workdir / f'best-{config.global_name}.pth'
+        if not best.is_file():
+            raise DemoError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
+                            'first, or pass --checkpoint PATH)')
+        note(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
+        chosen = str(best)
+    return [p for p in (config.model_vision_checkpoint, chosen) if p]
 
 
-def load_inference_model(config: Config, checkpoints: str | Sequence[str], device: torch.device | str = 'cpu'
-                         ) -> BaseVision:
+def load_inference_model(config: Config, checkpoints: str | Sequence[str], device: torch.device | str = 'cpu',
+                         log: Callable[[str], None] | None = None) -> BaseVision:
     """BaseVision built from `config` with the checkpoint(s) loaded, in eval mode on `device`.
 
-    Any vision checkpoint fits (official ABINet-Vision, full ABINet with `vision.` keys, BaseVision, ConCLR):
-    the ConCLR projection head plays no part in recognition, so it is neither built nor required.
+    Any vision checkpoint fits (official ABINet-Vision, full ABINet with `vision.` keys, BaseVision, ConCLR in
+    this project's or the reproduction's key names): the ConCLR projection head plays no part in recognition, so
+    it is neither built nor required (`log`, default the project logger, says it was left out).
     """
     model = BaseVision(config)
     for path in [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints:
-        load_weights(model, path, strict=config.model_strict)
+        load_weights(model, path, strict=config.model_strict, log=log)
     return model.to(device).eval()
 
 
@@ -193,12 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise DemoError(f'--batch_size must be positive, got {args.batch_size}')
         config = Config(args.config)
+        for line in config.translations:
+            note(line)
         if config.global_malloc_tune:
             tune_malloc()
         device = select_device(args.cuda)
         files = find_files(args.input)
         charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
-        model = load_inference_model(config, checkpoint_paths(config, args.checkpoint), device)
+        model = load_inference_model(config, checkpoint_paths(config, args.checkpoint), device, log=note)
         output = None if args.image_only else Path(args.output) if args.output else config.workdir / 'demo'
         results = run_demo(model, config, files, charset, device, output, args.batch_size)
         if not results:

@@ -1,8 +1,9 @@
 """Train or evaluate ABINet-Vision / ConCLR-Vision with fastai 1.0.60 (ABINet's command line).
 
-One process: `python main.py --config ...`. Several GPUs or machines: `torchrun --nproc_per_node=N main.py
---config ...` (multi-node: add --nnodes and a rendezvous); see callbacks/distributed.py. A plain `python main.py`
-that sees several GPUs warns and trains on the first one only.
+`python main.py --config ...` runs one process per visible GPU (one on the CPU), or `training.processes`: with
+more than one it starts them itself through torch's elastic launcher (launcher.py), so they run exactly as under
+`torchrun --nproc_per_node=N main.py --config ...`. Several machines: torchrun with --nnodes and a rendezvous; see
+callbacks/distributed.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from functools import partial
@@ -35,6 +37,7 @@ from callbacks.distributed import (
     cleanup_distributed,
     current_env,
     is_distributed,
+    launched_by_torchrun,
     local_batch_size,
     setup_distributed,
     setup_rank_logger,
@@ -58,6 +61,7 @@ from dataset import (
     seed_worker,
 )
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
+from launcher import LAUNCHED_BY_ENV, launch, process_count, report_error
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
 from modules.decoding import decode_logits
@@ -67,6 +71,7 @@ from visualization import attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
+MAIN_SCRIPT = Path(__file__).resolve()
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
 DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
 
@@ -182,6 +187,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     env = env or current_env(device)
     logger = setup_rank_logger(config.workdir, 'train', env)
     logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
+    log_config_notes(config, env, logger)
     amp = amp_mode(config.training_amp)
     global_batch = config.dataset_train_batch_size
     batch = local_batch_size(global_batch, env.world_size)
@@ -326,13 +332,13 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     """
     env = env or current_env(device)
     logger = setup_rank_logger(config.workdir, 'test', env)
-    if not (config.model_checkpoint or config.model_vision_checkpoint):
-        raise ConfigError('the test phase needs a checkpoint: --checkpoint PATH (or model.checkpoint)')
+    log_config_notes(config, env, logger)
+    use_best_checkpoint(config, logger)
     amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     model = build_model(config)
-    logger.info(f'evaluating {config.model_checkpoint or config.model_vision_checkpoint} on {", ".join(test_sets)}'
+    logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else ''))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
     first = next(iter(loaders.values())).dl
@@ -356,6 +362,58 @@ def test(config: Config, device: torch.device, image_only: bool = False,
                     f'{config.workdir / "predictions"}' + ('' if image_only else f', attention pictures in '
                                                             f'{config.workdir / "attention"}'))
     return rows
+
+
+def best_checkpoint(config: Config) -> Path:
+    """The run's best checkpoint, `<global.workdir>/<global.name>/best-<global.name>.pth`."""
+    return config.workdir / f'best-{config.global_name}.pth'
+
+
+def checkpoint_to_test(config: Config) -> Path | None:
+    """None when `model.checkpoint` (--checkpoint) is set; else the run's best checkpoint, which the test phase
+    evaluates then, as upstream (an error naming it when it does not exist)."""
+    if config.model_checkpoint:
+        return None
+    path = best_checkpoint(config)
+    if not path.is_file():
+        raise CheckpointError(f'no --checkpoint given and the run\'s best checkpoint {path} does not exist '
+                              '(train first, or pass --checkpoint PATH)')
+    return path
+
+
+def use_best_checkpoint(config: Config, logger: logging.Logger) -> None:
+    """Without `model.checkpoint`, set it to the run's best checkpoint and log that."""
+    path = checkpoint_to_test(config)
+    if path is not None:
+        config.model_checkpoint = str(path)
+        logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {path}')
+
+
+def log_config_notes(config: Config, env: DistEnv, logger: logging.Logger) -> None:
+    """Log (rank 0) the config's translated upstream keys and how the processes were started."""
+    if not env.is_main:
+        return
+    for note in config.translations:
+        logger.info(note)
+    reason = os.environ.get(LAUNCHED_BY_ENV)
+    if reason:
+        logger.info(f'{env.world_size} processes started by main.py through torch\'s elastic launcher ({reason})')
+    elif config.training_processes is not None and config.training_processes != env.world_size:
+        logger.warning(f'training.processes {config.training_processes} is ignored under torchrun: it started '
+                       f'{env.world_size} process(es) (WORLD_SIZE)')
+
+
+def processes_to_start(config: Config) -> tuple[int, str]:
+    """How many worker processes a plain `python main.py` starts (1: none, it runs itself), and why.
+
+    Under torchrun it is always 1: torchrun started the workers and `training.processes` is ignored."""
+    if launched_by_torchrun():
+        return 1, ''
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = process_count(config.training_processes, gpus)
+    why = (f'training.processes {config.training_processes}' if config.training_processes is not None
+           else f'one per visible GPU: {gpus}')
+    return count, why
 
 
 def _dump_predictions(path: Path, result: EvalResult) -> None:
@@ -387,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     env = None
     try:
         config = build_config(args)
+        processes, why = processes_to_start(config)
+        if processes > 1:
+            if config.global_phase == 'test':
+                checkpoint_to_test(config)  # a missing best checkpoint is an error before any worker starts
+            return launch(processes, MAIN_SCRIPT, sys.argv[1:] if argv is None else list(argv), why)
         if config.global_malloc_tune:
             tune_malloc()
         env = setup_distributed()
@@ -395,8 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             test(config, env.device, image_only=args.image_only, env=env)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
-        rank = env.rank if env is not None else process_rank()
-        print(f'error: {e}' if rank == 0 else f'error (rank {rank}): {e}', file=sys.stderr)
+        report_error(str(e), env.rank if env is not None else process_rank())
         return 2
     finally:
         if is_distributed():

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import yaml
 
+from config_aliases import AliasError, translate_aliases
+
 REPO_ROOT = Path(__file__).resolve().parent
 TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
 NULL_CHAR = '\u2591'
@@ -92,8 +94,18 @@ class Config:
         self.__dict__['_known'] = dict(values)
         self.__dict__['_values'] = values
         self.__dict__['path'] = str(path) if path is not None else None
+        self.__dict__['translations'] = []  # one line per upstream alias translated (config_aliases.py)
         if path is not None:
-            self.update(_flatten(load_yaml(path)), source=str(path))
+            self.update(self._translated(_flatten(load_yaml(path)), str(path)), source=str(path))
+
+    def _translated(self, values: dict[str, Any], source: str) -> dict[str, Any]:
+        """`values` with the ConCLR reproduction's and ABINet's alias keys translated; the lines kept."""
+        try:
+            values, notes = translate_aliases(values, source)
+        except AliasError as e:
+            raise ConfigError(str(e)) from None
+        self.translations.extend(notes)
+        return values
 
     def _nearest(self, key: str) -> str:
         close = difflib.get_close_matches(key, list(self._known), n=1, cutoff=0.0)

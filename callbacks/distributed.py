@@ -27,8 +27,6 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils import ConfigError, setup_logger
 
-LAUNCH_HINT = 'torchrun --nproc_per_node={n} main.py --config ...'
-
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -72,7 +70,8 @@ def setup_distributed(stream: Any = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
     With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise.
-    A single process that sees several GPUs uses the first one and prints one line saying how to use them all.
+    A single process that sees several GPUs (main.py with `training.processes: 1`; otherwise it starts one process
+    per GPU) uses the first one and prints one line saying how to use them all.
     """
     cuda = torch.cuda.is_available()
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
@@ -92,8 +91,8 @@ def setup_distributed(stream: Any = None) -> DistEnv:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
         count = torch.cuda.device_count()
         if count > 1 and not launched_by_torchrun():
-            print(f'warning: {count} GPUs are visible but this process uses only cuda:0; to train on all of them '
-                  f'launch `{LAUNCH_HINT.format(n=count)}`', file=stream or sys.stderr)
+            print(f'warning: {count} GPUs are visible but this process uses only cuda:0; to use all of them set '
+                  f'training.processes: null (or {count})', file=stream or sys.stderr)
         return DistEnv(device=torch.device('cuda', local_rank))
     return DistEnv()
 

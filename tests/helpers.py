@@ -15,6 +15,8 @@ from tools.render_synthetic import find_fonts, render_word
 from utils import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT.parent / 'shared' / 'benchmarks'
+# A config in the ConCLR reproduction's layout (its own keys beside ABINet's), written for the tests.
+REPRODUCTION_CONFIG = Path(__file__).resolve().parent / 'fixtures' / 'reproduction_conclr_pretrain_vision_model.yaml'
 TINY_VISION = {'d_model': 16, 'nhead': 2, 'd_inner': 32, 'backbone_ln': 1, 'resnet_widths': [4, 8, 8, 16, 16],
                'attention_channels': 8}
 WORDS = ['cat', 'dog', 'tree', 'house', 'river', 'stone', 'light', 'ab12', 'zoo', 'quiz']

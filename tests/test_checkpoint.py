@@ -109,16 +109,114 @@ def test_conclr_checkpoint_into_base_vision_and_back(tmp_path, config):
     conclr = fresh(ConCLR_Vision, config, 0)
     path = save_checkpoint(tmp_path / 'conclr.pth', conclr)
     base = fresh(BaseVision, config, 1)
-    load_weights(base, path, strict=True)  # projection_head.* left over: allowed
+    lines: list[str] = []
+    load_weights(base, path, strict=True, log=lines.append)  # projection_head.* left over: allowed, and said
     assert_loaded(base, conclr.state_dict())
+    assert len(lines) == 1 and 'left out' in lines[0]
 
     base_path = save_checkpoint(tmp_path / 'base.pth', base)
     target = fresh(ConCLR_Vision, config, 2)
     head_before = {k: v.clone() for k, v in target.state_dict().items() if k.startswith('projection_head.')}
-    load_weights(target, base_path, strict=True)  # head missing: starts fresh
+    load_weights(target, base_path, strict=True, log=lines.append)  # head missing: starts fresh, and said
+    assert len(lines) == 2 and 'starts fresh' in lines[1]
     assert_loaded(target, base.state_dict())
     for key, value in head_before.items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def reproduction_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict with the head under the reproduction's names, written out key by key."""
+    own = model.state_dict()
+    names = {'projection_head.proj.0.weight': 'projection_head.head.0.weight',
+             'projection_head.proj.0.bias': 'projection_head.head.0.bias',
+             'projection_head.proj.2.weight': 'projection_head.head.2.weight',
+             'projection_head.proj.2.bias': 'projection_head.head.2.bias',
+             'projection_head.proj.weight': 'projection_head.head.weight',
+             'projection_head.proj.bias': 'projection_head.head.bias'}
+    return {names.get(k, k): v.clone() for k, v in own.items()}
+
+
+def linear_head_config(tmp_path) -> Config:
+    tree = {'dataset': {'max_length': 5, 'charset_path': str(REPO / 'data' / 'charset_36.txt')},
+            'model': {'vision': VISION, 'projection': {'channels': 8, 'head': 'linear'}}}
+    path = tmp_path / 'linear.yaml'
+    path.write_text(yaml.safe_dump(tree))
+    return Config(path)
+
+
+@pytest.mark.parametrize('head', ['mlp', 'linear'])
+def test_reproduction_head_keys_load_into_the_head(tmp_path, config, head):
+    config = config if head == 'mlp' else linear_head_config(tmp_path)
+    src = fresh(ConCLR_Vision, config, 0)
+    weights = reproduction_state(src)
+    head_keys = sorted(k for k in weights if k.startswith('projection_head.'))
+    if head == 'mlp':
+        assert head_keys == ['projection_head.head.0.bias', 'projection_head.head.0.weight',
+                             'projection_head.head.2.bias', 'projection_head.head.2.weight']
+        assert weights['projection_head.head.0.weight'].shape == (16, 16)  # d_model x d_model (512 x 512 full size)
+        assert weights['projection_head.head.2.weight'].shape == (8, 16)  # E x d_model
+    else:
+        assert head_keys == ['projection_head.head.bias', 'projection_head.head.weight']
+    path = tmp_path / 'reproduction.pth'
+    torch.save({'model': weights, 'opt': None}, path)
+    dst = fresh(ConCLR_Vision, config, 1)
+    lines: list[str] = []
+    load_weights(dst, path, strict=True, log=lines.append)
+    loaded = dst.state_dict()
+    for key, value in weights.items():  # every tensor in place, the head under this project's names
+        own_key = key.replace('projection_head.head', 'projection_head.proj')
+        assert torch.equal(loaded[own_key], value), key
+    assert len(lines) == 1 and 'projection_head.head.*' in lines[0] and 'projection_head.proj.*' in lines[0]
+    # this project's own checkpoints keep its own names
+    saved = load_checkpoint(save_checkpoint(tmp_path / 'own.pth', dst))['model']
+    assert not any(k.startswith('projection_head.head') for k in saved)
+    assert sorted(k for k in saved if k.startswith('projection_head.')) == \
+        [k.replace('projection_head.head', 'projection_head.proj') for k in head_keys]
+
+
+@pytest.mark.parametrize('rename', [
+    ('projection_head.head.2.weight', 'projection_head.head.1.weight'),  # a layer index the head does not have
+    ('projection_head.head.0.bias', 'projection_head.mlp.0.bias'),  # neither naming
+    ('projection_head.head.2.bias', None),  # a head tensor missing
+])
+def test_misnamed_reproduction_head_key_is_an_error_listing_it(tmp_path, config, rename):
+    old, new = rename
+    weights = reproduction_state(fresh(ConCLR_Vision, config, 0))
+    value = weights.pop(old)
+    if new is not None:
+        weights[new] = value
+    path = tmp_path / 'misnamed.pth'
+    torch.save({'model': weights}, path)
+    dst = fresh(ConCLR_Vision, config, 1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_weights(dst, path, strict=True)
+    message = str(info.value)
+    if new is not None:
+        assert 'unexpected' in message and new in message
+    assert 'missing' in message and old.replace('projection_head.head', 'projection_head.proj') in message
+    for key, value in dst.state_dict().items():  # nothing loaded on failure
+        assert torch.equal(value, before[key]), key
+
+
+def test_reproduction_checkpoint_into_plain_vision_leaves_the_head_out_and_says_so(tmp_path, config):
+    src = fresh(ConCLR_Vision, config, 0)
+    path = tmp_path / 'reproduction.pth'
+    torch.save({'model': reproduction_state(src), 'opt': None}, path)
+    base = fresh(BaseVision, config, 1)
+    lines: list[str] = []
+    load_weights(base, path, strict=True, log=lines.append)
+    assert_loaded(base, src.state_dict())
+    assert len(lines) == 1 and 'left out' in lines[0] and '4 tensors' in lines[0]
+
+
+def test_head_under_both_names_is_an_error(tmp_path, config):
+    src = fresh(ConCLR_Vision, config, 0)
+    weights = {**src.state_dict(), **reproduction_state(src)}
+    path = tmp_path / 'both.pth'
+    torch.save({'model': weights}, path)
+    with pytest.raises(CheckpointError, match='both names'):
+        load_weights(fresh(ConCLR_Vision, config, 1), path)
 
 
 def test_shape_mismatch_raises_and_names_the_key(tmp_path, config):

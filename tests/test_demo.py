@@ -221,7 +221,8 @@ def test_demo_errors(tmp_path, capsys):
         assert status != 0 and len(err) == 1 and err[0].startswith('error:'), (bad_input, err)
 
     status, out, err = run(['--config', config, '--input', tmp_path / 'imgs'], capsys)
-    assert status != 0 and out == [] and '--checkpoint' in err[0]
+    best = tmp_path / 'workdir' / 'tiny' / 'best-tiny.pth'  # <global.workdir>/<global.name>/best-<global.name>.pth
+    assert status != 0 and out == [] and len(err) == 1 and '--checkpoint' in err[0] and str(best) in err[0]
 
     status, _, err = run(['--config', config, '--input', tmp_path / 'imgs', '--checkpoint', tmp_path / 'no.pth'],
                          capsys)
@@ -235,6 +236,19 @@ def test_demo_errors(tmp_path, capsys):
         status, _, err = run(['--config', config, '--input', tmp_path / 'imgs', '--checkpoint', checkpoint,
                               '--cuda', '0'], capsys)
         assert status != 0 and len(err) == 1 and 'no CUDA device' in err[0]
+
+
+def test_demo_without_checkpoint_uses_the_runs_best(tmp_path, capsys):
+    files = image_folder(tmp_path / 'imgs')
+    _, source = checkpoint_of_kind('conclr', tmp_path)
+    best = tmp_path / 'workdir' / 'tiny' / 'best-tiny.pth'
+    save_checkpoint(best, source, iteration=3)
+    status, out, err = run(['--config', write_config(tmp_path, conclr=True), '--input', tmp_path / 'imgs',
+                            '--image_only'], capsys)
+    assert status == 0, err
+    assert [line.split('\t')[1:] for line in out] == [list(r) for r in reference(source, files)]
+    notes = [line for line in err if line.startswith('note:')]
+    assert len(notes) == 2 and str(best) in notes[0] and 'left out' in notes[1]
 
 
 def test_demo_checkpoint_that_does_not_fit(tmp_path, capsys):

@@ -62,7 +62,8 @@ def test_global_batch_must_split_evenly():
         local_batch_size(10, 4)
 
 
-def test_plain_run_seeing_several_gpus_says_how_to_use_them(monkeypatch, capsys):
+def test_single_process_seeing_several_gpus_says_how_to_use_them(monkeypatch, capsys):
+    """Reached by main.py only with `training.processes: 1`; otherwise it starts one process per GPU."""
     for name in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
@@ -70,7 +71,7 @@ def test_plain_run_seeing_several_gpus_says_how_to_use_them(monkeypatch, capsys)
     env = setup_distributed()
     assert env.device == torch.device('cuda', 0) and env.world_size == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'torchrun --nproc_per_node=4 main.py' in err[0]
+    assert len(err) == 1 and 'training.processes: null (or 4)' in err[0]
 
 
 def test_other_ranks_log_warnings_only(tmp_path, capsys):
@@ -174,3 +175,62 @@ def test_two_process_test_phase_equals_one_process(vision_run):
                                                               ('average', '27')]
     messages = _messages(config.workdir / 'test.txt')
     assert sum(m.startswith('results') for m in messages) == 2  # one per run, not one per process
+
+
+def _plain_python(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python main.py ...` as a user types it (no torchrun variables in its environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    env.update(OMP_NUM_THREADS='1', **env_extra)
+    return subprocess.run([sys.executable, str(REPO_ROOT / 'main.py'), *args], env=env, capture_output=True,
+                          text=True, timeout=240, cwd=REPO_ROOT)
+
+
+def test_plain_python_with_two_processes_equals_torchrun(tmp_path, vision_run):
+    """`training.processes: 2` from a plain `python main.py`: the same final weights, evaluation history and test
+    table as the torchrun run of the same config (vision_run)."""
+    torchrun_path, _ = vision_run
+    torchrun_config = Config(torchrun_path)
+    text = torchrun_path.read_text().replace(str(torchrun_config.global_workdir), str(tmp_path / 'workdir'))
+    path = tmp_path / 'plain.yaml'
+    path.write_text(text.replace('training:\n', 'training:\n  processes: 2\n'))
+    config = Config(path)
+    assert config.training_processes == 2 and config.workdir != torchrun_config.workdir
+
+    result = _plain_python(['--config', str(path)], {main.DUMP_FINAL_STATE_ENV: str(tmp_path / 'dump')})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ours = [torch.load(tmp_path / 'dump' / f'rank{r}.pth', weights_only=True) for r in range(2)]
+    theirs = torch.load(torchrun_path.parent / 'dump' / 'rank0.pth', weights_only=True)
+    assert ours[0]['model'].keys() == theirs['model'].keys()
+    for key, value in theirs['model'].items():
+        assert torch.equal(ours[0]['model'][key], value) and torch.equal(ours[1]['model'][key], value), key
+    assert ours[0]['history'] == theirs['history'] and ours[0]['history'][-1]['iteration'] == 12
+    messages = _messages(config.workdir / 'train.txt')
+    assert "2 processes started by main.py through torch's elastic launcher (training.processes 2)" in messages
+    assert '2 processes (gloo): global batch 8 = 2 x 4' in messages
+    assert 'INFO' not in result.stderr and 'elastic' not in result.stderr  # no launcher chatter
+
+    # test phase: the plain run evaluates its own best checkpoint; torchrun gets the torchrun run's best
+    # explicitly, from a config whose training.processes (3) disagrees with its 2 processes
+    plain = _plain_python(['--config', str(path), '--phase', 'test', '--image_only'], {})
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+    disagreeing = tmp_path / 'torchrun.yaml'
+    disagreeing.write_text(torchrun_path.read_text().replace('training:\n', 'training:\n  processes: 3\n'))
+    _torchrun(['--config', str(disagreeing), '--phase', 'test', '--image_only', '--name', 'torchrun_test',
+               '--checkpoint', str(torchrun_config.workdir / 'best-run.pth')], {})
+    other = torchrun_config.workdir.parent / 'torchrun_test'
+    assert (config.workdir / 'test_results.csv').read_bytes() == (other / 'test_results.csv').read_bytes()
+    for name in ('test.tsv', 'small.tsv'):
+        assert (config.workdir / 'predictions' / name).read_bytes() == (other / 'predictions' / name).read_bytes()
+    assert f"no --checkpoint given: loading the run's best checkpoint {config.workdir / 'best-run.pth'}" in \
+        _messages(config.workdir / 'test.txt')
+    assert 'training.processes 3 is ignored under torchrun: it started 2 process(es) (WORLD_SIZE)' in \
+        _messages(other / 'test.txt')
+
+
+def test_failing_workers_reach_the_plain_python_as_one_line(tmp_path, lmdbs):
+    _, test_root, _ = lmdbs
+    path = tiny_config(tmp_path, tmp_path / 'no_such_lmdb', [test_root], processes=2)
+    result = _plain_python(['--config', str(path)], {})
+    assert result.returncode == 2
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and 'no_such_lmdb' in err[0], result.stderr

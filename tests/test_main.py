@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
+import subprocess
+import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
 from checkpoint import load_checkpoint
 from dataset import open_lmdb
-from tests.helpers import BENCHMARKS, render_lmdb, tiny_config
-from utils import Config
+from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
+from utils import REPO_ROOT, Config, load_yaml
 
 
 @pytest.fixture(scope='module')
@@ -150,6 +156,25 @@ def test_test_phase_writes_attention_pictures_without_image_only(tmp_path, lmdbs
     assert len(list((config.workdir / 'attention' / 'test').glob('*.png'))) == 16
 
 
+def test_test_phase_without_checkpoint_evaluates_the_runs_best(tmp_path, lmdbs, capsys):
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=10)
+    config = Config(path)
+    main.train(config, torch.device('cpu'))
+    best = tmp_path / 'workdir' / 'run' / 'best-run.pth'  # <global.workdir>/<global.name>/best-<global.name>.pth
+    assert main.main(['--config', str(path), '--phase', 'test', '--image_only', '--checkpoint', str(best)]) == 0
+    explicit = (config.workdir / 'test_results.csv').read_text()
+    assert main.main(['--config', str(path), '--phase', 'test', '--image_only']) == 0
+    assert (config.workdir / 'test_results.csv').read_text() == explicit
+    log = (config.workdir / 'test.txt').read_text()
+    assert log.count(f"no --checkpoint given: loading the run's best checkpoint {best}") == 1
+    best.unlink()
+    capsys.readouterr()
+    assert main.main(['--config', str(path), '--phase', 'test', '--image_only']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error:') and str(best) in err[0]
+
+
 @pytest.mark.skipif(not (BENCHMARKS / 'CUTE80').exists(), reason='../shared/benchmarks is absent')
 def test_test_phase_on_real_cute80(tmp_path, lmdbs):
     train_root, test_root = lmdbs
@@ -170,7 +195,7 @@ def test_test_phase_on_real_cute80(tmp_path, lmdbs):
 
 
 @pytest.mark.parametrize('argv_extra, message', [
-    (['--phase', 'test'], 'needs a checkpoint'),
+    (['--phase', 'test'], "the run's best checkpoint"),
     (['--model_eval', 'alignment'], 'only'),
     (['--test_root', '/nonexistent/lmdb', '--phase', 'test', '--checkpoint', 'x.pth'], '/nonexistent/lmdb'),
 ])
@@ -180,6 +205,53 @@ def test_cli_errors_are_one_line(tmp_path, lmdbs, capsys, argv_extra, message):
     assert main.main(['--config', str(path), *argv_extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and message in err and len(err.splitlines()) == 1
+
+
+def test_reproduction_readme_commands_run_as_written(tmp_path, lmdbs):
+    """The reproduction's train, test (no checkpoint) and demo commands, on its config layout (tests/fixtures)
+    with the data paths pointed at small rendered LMDBs and the model and budget cut down for the CPU."""
+    train_root, test_root = lmdbs
+    tree = load_yaml(REPRODUCTION_CONFIG)
+    tree['global'].update(workdir=str(tmp_path / 'workdir'), seed=0)
+    tree['dataset'].update(train={'roots': [str(train_root)], 'batch_size': 8}, max_length=12, num_workers=0,
+                           test={'roots': [str(test_root)], 'batch_size': 16})
+    tree['training'].update(max_iters=10, show_iters=5, eval_iters=5, save_iters=5)
+    tree['model']['vision'].update(TINY_VISION)
+    tree['model']['embedding_channels'] = 8
+    config_path = tmp_path / 'conclr_pretrain_vision_model.yaml'
+    config_path.write_text(yaml.safe_dump(tree))
+    images = tmp_path / 'demo_images'
+    images.mkdir()
+    for k, word in enumerate(['tree', 'house', 'ab12']):
+        picture = np.full((32, 100, 3), 255, np.uint8)
+        cv2.putText(picture, word, (4, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+        cv2.imwrite(str(images / f'{k}.png'), picture)
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result
+
+    run('main.py', f'--config={config_path}')
+    workdir = tmp_path / 'workdir' / 'conclr-pretrain-vision-model'
+    train_log = (workdir / 'train.txt').read_text()
+    assert 'model ConCLR_Vision' in train_log and 'conaug.side: batch' in train_log
+    assert sum('(ConCLR reproduction) ->' in line or '(ABINet) ->' in line for line in train_log.splitlines()) == 5
+    best = workdir / 'best-conclr-pretrain-vision-model.pth'
+    assert sorted(k for k in load_checkpoint(best)['model'] if k.startswith('projection_head.')) == \
+        ['projection_head.proj.0.bias', 'projection_head.proj.0.weight', 'projection_head.proj.2.bias',
+         'projection_head.proj.2.weight']
+
+    run('main.py', f'--config={config_path}', '--phase', 'test', '--image_only')
+    assert f"loading the run's best checkpoint {best}" in (workdir / 'test.txt').read_text()
+    rows = list(csv.DictReader(open(workdir / 'test_results.csv')))
+    assert [(r['dataset'], r['samples']) for r in rows] == [('test', '24')]  # one set: no 'all' and 'average' rows
+
+    demo = run('demo.py', f'--config={config_path}', f'--input={images}')
+    assert [line.split('\t')[0] for line in demo.stdout.splitlines()] == [str(images / f'{k}.png') for k in range(3)]
+    assert str(best) in demo.stderr and 'left out' in demo.stderr
+    assert sorted(p.name for p in (workdir / 'demo').iterdir()) == ['0.png', '1.png', '2.png']
 
 
 def test_missing_training_root_fails_before_training(tmp_path, lmdbs, capsys):
