@@ -157,6 +157,22 @@ def all_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def all_true(flag: torch.Tensor) -> torch.Tensor:
+    """`flag` (a bool tensor on this rank's device) AND-ed over the ranks, on the device: no host copy either way."""
+    if not is_distributed():
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
+
+
+def sum_tensor_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `tensor` over the ranks, on its device (itself when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over the ranks (float64)."""
     if not is_distributed():
