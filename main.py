@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from fastai.basic_data import DataBunch, DeviceDataLoader
 from fastai.basic_train import Learner
+from fastai.callback import Callback
 from fastai.train import GradientClipping
 from torch import nn
 from torch.utils.data import DataLoader
@@ -67,6 +68,9 @@ MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
 DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
+# Test hook: "RANK:ITERATION" makes that rank fail as it starts that training iteration (1-based), as a loader
+# error would, so the tests can check that a failing rank ends the whole job instead of hanging it.
+FAIL_AT_ENV = 'CONCLR_TEST_FAIL_AT'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,6 +173,26 @@ def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_
 def _loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
     """Seed of the training loader's own generator (worker base seeds), distinct per rank and per (re)start."""
     return (sampler_seed * 1_000_003 + rank * 7_919 + iteration) % 2**63
+
+
+class _FailAt(Callback):
+    """Raise a DatasetError as training iteration `iteration` (1-based, counted from this run's start) begins."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
+        if train and iteration + 1 == self.iteration:
+            raise DatasetError(f'{FAIL_AT_ENV}: simulated loader failure at iteration {self.iteration}')
+
+
+def _failure_hook(rank: int) -> list[Callback]:
+    """The `FAIL_AT_ENV` test hook's callback for this rank (none normally)."""
+    value = os.environ.get(FAIL_AT_ENV)
+    if not value:
+        return []
+    fail_rank, _, iteration = value.partition(':')
+    return [_FailAt(int(iteration))] if int(fail_rank) == rank else []
 
 
 def train(config: Config, device: torch.device, env: DistEnv | None = None) -> IterationCallback:
@@ -278,6 +302,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
                                             test_conaug=config.dataset_test_conaug and env.is_main,
                                             workdir=config.workdir, writer=writer))
     callbacks.append(iteration_cb)
+    callbacks += _failure_hook(env.rank)
     epochs = config.training_epochs - point.epoch
     max_iters = config.training_max_iters
     if epochs <= 0 or (max_iters is not None and point.iteration >= max_iters):
@@ -372,22 +397,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2."""
     args = parse_args(argv)
     env = None
+    failed = True  # until the phase returns: a failed process aborts the group instead of a collective destroy
     try:
         config = build_config(args)
         if config.global_malloc_tune:
             tune_malloc()
-        env = setup_distributed()
+        env = setup_distributed(timeout_s=config.global_dist_timeout)
         if config.global_phase == 'train':
             train(config, env.device, env)
         else:
             test(config, env.device, image_only=args.image_only, env=env)
+        failed = False
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
         rank = env.rank if env is not None else process_rank()
         print(f'error: {e}' if rank == 0 else f'error (rank {rank}): {e}', file=sys.stderr)
         return 2
     finally:
         if is_distributed():
-            cleanup_distributed()
+            cleanup_distributed(failed=failed)
     return 0
 
 

@@ -9,6 +9,7 @@ test image is counted exactly once and the gathered results equal a single-proce
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import secrets
@@ -68,12 +69,24 @@ def launched_by_torchrun() -> bool:
     return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
 
 
-def setup_distributed(stream: Any = None) -> DistEnv:
+def group_timeout(seconds: float | None) -> datetime.timedelta | None:
+    """The process-group timeout of `global.dist_timeout` (None: torch's default); an error unless positive."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigError(f'global.dist_timeout {seconds!r}: expected a positive number of seconds')
+    return datetime.timedelta(seconds=seconds)
+
+
+def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
-    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise.
-    A single process that sees several GPUs uses the first one and prints one line saying how to use them all.
+    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise;
+    a collective that waits longer than `timeout_s` seconds for the other processes fails (torch's default when
+    None). A single process that sees several GPUs uses the first one and prints one line saying how to use them
+    all.
     """
+    timeout = group_timeout(timeout_s)
     cuda = torch.cuda.is_available()
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
@@ -86,7 +99,8 @@ def setup_distributed(stream: Any = None) -> DistEnv:
         else:
             device = torch.device('cpu')
         if not dist.is_initialized():
-            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://')
+            extra = {'timeout': timeout} if timeout is not None else {}
+            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
@@ -98,10 +112,23 @@ def setup_distributed(stream: Any = None) -> DistEnv:
     return DistEnv()
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (no-op when none was started)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(failed: bool = False) -> None:
+    """Leave the process group (no-op when none was started).
+
+    After a failure the group is aborted, not destroyed: destroying is collective with NCCL and would wait for
+    the other processes, which may be blocked in a collective of their own; once this process has exited,
+    torchrun stops them.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    abort = getattr(dist.distributed_c10d, '_abort_process_group', None)
+    if failed and abort is not None:
+        try:
+            abort()
+            return
+        except (RuntimeError, NotImplementedError):  # a backend without abort: leave the group to the exit
+            return
+    dist.destroy_process_group()
 
 
 def local_batch_size(global_batch: int, world_size: int) -> int:
@@ -266,7 +293,9 @@ class DistributedTrainer(LearnerCallback):
 
     Evaluation must use the unwrapped model (`unwrap(learn.model)`): shards can differ by one batch, and a DDP
     forward may start collectives. At the end the buffers of rank 0 are copied to every rank, so all ranks hold
-    identical weights, and the model is unwrapped again.
+    identical weights, and the model is unwrapped again. When training ends with an exception (fastai still calls
+    on_train_end) no collective is entered: the other ranks may be blocked in DDP's own all-reduce, and a
+    mismatched collective would hold every rank until the process-group timeout instead of letting this one exit.
     """
 
     _order = -20  # before every callback that touches the model
@@ -292,7 +321,8 @@ class DistributedTrainer(LearnerCallback):
         if self.sampler is not None:
             self.sampler.set_epoch(self.start_epoch + epoch)
 
-    def on_train_end(self, **kwargs: Any) -> None:
+    def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
         if isinstance(self.learn.model, DistributedDataParallel):
-            broadcast_buffers(self.learn.model)
+            if not exception:
+                broadcast_buffers(self.learn.model)
             self.learn.model = self.learn.model.module
