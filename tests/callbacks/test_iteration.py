@@ -10,6 +10,7 @@ import re
 from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
 from fastai.basic_data import DataBunch
 from fastai.basic_train import Learner
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.distributed import DistEnv, DistributedTrainer, setup_rank_logger
-from callbacks.iteration import IterationCallback
+from callbacks.iteration import IterationCallback, LossWindow
 from callbacks.nonfinite import NonFiniteGuard
 from tests.multiprocess import run_ranks
 
@@ -36,6 +37,32 @@ class TwoTermLoss(nn.Module):
         mse, mae = ((out - y) ** 2).mean(), (out - y).abs().mean()
         self.losses = {'mse_loss': mse.detach(), 'mae_loss': mae.detach()}
         return mse + mae
+
+
+def test_window_means_skip_non_finite_steps_and_fix_the_keys():
+    window = LossWindow(torch.device('cpu'))
+    steps = [(1.0, {'a_loss': torch.tensor(0.25), 'rate': 0.5}),
+             (math.nan, {'a_loss': torch.tensor(math.nan), 'rate': 0.5}),
+             (3.0, {'a_loss': torch.tensor(0.75), 'rate': 1.0, 'new': torch.tensor(9.0)})]  # 'new': not a run key
+    for loss, terms in steps:
+        window.add(loss, terms)
+    assert window.keys == ['a_loss', 'rate'] and len(window) == 3
+    means, skipped = window.reduce()
+    assert skipped == 1 and means == pytest.approx({'loss': 2.0, 'a_loss': 0.5, 'rate': 0.75})
+    window.clear()
+    window.add(math.inf, {'a_loss': torch.tensor(math.inf)})
+    means, skipped = window.reduce()
+    assert skipped == 1 and math.isnan(means['loss']) and set(means) == {'loss'}
+
+
+def test_a_step_reads_no_device_value():
+    """Terms on the 'meta' device have no values to read: adding steps works, only the window's reduce reads."""
+    window = LossWindow(torch.device('meta'))
+    for step in range(5):
+        window.add(float(step) if step != 2 else math.nan, {'a_loss': torch.ones((), device='meta'), 'rate': 0.5})
+    assert len(window) == 5
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        window.reduce()
 
 
 def _rank_data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
