@@ -59,6 +59,7 @@ from dataset import (
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
+from memory_format import align_optimizer_state, enable_cudnn_autotune, weights_memory_format
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
 from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
@@ -248,9 +249,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     logger.info(f'model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters')
     if config.training_channels_last:
         if device.type == 'cuda':
-            model = model.to(memory_format=torch.channels_last)
+            # weights here; inputs and the backbone's output follow the weights (modules use dense_like)
+            model = model.to(memory_format=weights_memory_format(device, True))
         else:
             logger.warning('training.channels_last is ignored on the CPU')
+    if enable_cudnn_autotune(device):
+        logger.info('cudnn.benchmark on (fixed input shapes)')
     if config.training_sync_bn and env.distributed and device.type != 'cuda':
         logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
     if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
@@ -260,6 +264,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
         if state.get('opt') is not None:
             learn.create_opt(config.optimizer_lr, config.optimizer_wd)
             learn.opt.load_state_dict(state['opt'])
+            align_optimizer_state(learn.opt.opt)  # NCHW moments from the file, channels-last weights
         else:
             logger.warning(f'{resume_path} holds no optimiser state: the optimiser starts afresh')
     precision = MixedPrecision(learn, amp, device.type) if amp else None
@@ -344,6 +349,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     model = build_model(config)
+    enable_cudnn_autotune(device)
     logger.info(f'evaluating {config.model_checkpoint or config.model_vision_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else ''))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
