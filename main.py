@@ -63,7 +63,7 @@ from memory_format import align_optimizer_state, enable_cudnn_autotune, weights_
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
 from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
-from visualization import attention_picture, denormalize, save_rgb
+from visualization import attention_maps, attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
@@ -390,12 +390,13 @@ def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: Charse
                         device: torch.device) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     count = min(ATTENTION_PICTURES_PER_SET, len(dataset))
-    images = torch.stack([dataset[i][0] for i in range(count)]).to(device)
+    images = torch.stack([dataset[i][0] for i in range(count)])  # stays on the host for the pictures
     model.eval()
-    output = model(images)
+    output = model(images.to(device))
     texts, _, _ = decode_logits(output['logits'], charset)
+    maps = attention_maps(output['attn_scores'])  # one device copy for the batch
     for i in range(count):
-        picture = attention_picture(denormalize(images[i]), output['attn_scores'][i], texts[i])
+        picture = attention_picture(denormalize(images[i]), maps[i], texts[i])
         save_rgb(folder / f'{i:04d}.png', picture)
 
 
