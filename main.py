@@ -55,6 +55,7 @@ from dataset import (
     limit_opencv_threads,
     process_rank,
     seed_worker,
+    shutdown_workers,
 )
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from losses.conclr_loss import ConCLRLoss
@@ -323,6 +324,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     finally:
         if writer is not None:
             writer.close()
+        shutdown_workers(train_dl)  # the Learner's reference cycle would keep them alive after train() returns
     replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
                 f'{replaced} unreadable training sample(s) replaced' + (' on rank 0' if env.distributed else ''))
