@@ -81,35 +81,39 @@ def group_timeout(seconds: float | None) -> datetime.timedelta | None:
 def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
-    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise;
+    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise (one
+    process on CUDA also takes `cuda:LOCAL_RANK`, LOCAL_RANK 0 when unset, and makes it the current device);
     a collective that waits longer than `timeout_s` seconds for the other processes fails (torch's default when
-    None). A single process that sees several GPUs uses the first one and prints one line saying how to use them
+    None). A single process that sees several GPUs uses one of them and prints one line saying how to use them
     all.
     """
     timeout = group_timeout(timeout_s)
     cuda = torch.cuda.is_available()
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        if cuda:
-            if local_rank >= torch.cuda.device_count():
-                raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: '
-                                  'start at most one process per GPU on each machine')
-            device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device('cpu')
+        device = _local_gpu(local_rank) if cuda else torch.device('cpu')
         if not dist.is_initialized():
             extra = {'timeout': timeout} if timeout is not None else {}
             dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
-        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        device = _local_gpu(int(os.environ.get('LOCAL_RANK', 0)))
         count = torch.cuda.device_count()
         if count > 1 and not launched_by_torchrun():
-            print(f'warning: {count} GPUs are visible but this process uses only cuda:0; to train on all of them '
+            print(f'warning: {count} GPUs are visible but this process uses only {device}; to train on all of them '
                   f'launch `{LAUNCH_HINT.format(n=count)}`', file=stream or sys.stderr)
-        return DistEnv(device=torch.device('cuda', local_rank))
+        return DistEnv(device=device)
     return DistEnv()
+
+
+def _local_gpu(local_rank: int) -> torch.device:
+    """`cuda:LOCAL_RANK`, made the current device (kernels, NCCL, cudnn and `.cuda()` calls then go there)."""
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: '
+                          'start at most one process per GPU on each machine')
+    device = torch.device('cuda', local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def cleanup_distributed(failed: bool = False) -> None:

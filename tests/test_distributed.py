@@ -68,10 +68,32 @@ def test_plain_run_seeing_several_gpus_says_how_to_use_them(monkeypatch, capsys)
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: None)
     env = setup_distributed()
     assert env.device == torch.device('cuda', 0) and env.world_size == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'torchrun --nproc_per_node=4 main.py' in err[0]
+
+
+@pytest.mark.parametrize('world_size', [None, '1'])
+def test_single_process_with_a_local_rank_makes_its_gpu_current(monkeypatch, world_size):
+    """A single-process run given LOCAL_RANK 1 (by a launcher, or torchrun with one process) uses cuda:1 and
+    makes it the current device, so nothing lands on cuda:0; a LOCAL_RANK beyond the GPUs is a one-line error."""
+    current = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    for name in ('WORLD_SIZE', 'RANK'):
+        monkeypatch.delenv(name, raising=False)
+    if world_size is not None:
+        monkeypatch.setenv('WORLD_SIZE', world_size)
+        monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    env = setup_distributed()
+    assert env.device == torch.device('cuda', 1) and current == [torch.device('cuda', 1)]
+    monkeypatch.setenv('LOCAL_RANK', '2')
+    with pytest.raises(ConfigError, match='LOCAL_RANK 2 but only 2 GPU'):
+        setup_distributed()
 
 
 def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
