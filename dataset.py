@@ -12,7 +12,7 @@ import cv2
 import lmdb
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
@@ -311,6 +311,14 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
     np.random.seed(low)
     torch.manual_seed(seed)
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a DataLoader's persistent worker processes now; otherwise they live as long as the loader object."""
+    iterator = getattr(loader, '_iterator', None)  # torch keeps the persistent workers' iterator here
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 def dataset_kwargs(config: Any, is_training: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
 from utils import CharsetMapper, Config, ConfigError, tune_malloc
-from visualization import attention_picture, save_rgb
+from visualization import attention_maps, attention_picture, save_rgb
 
 MODEL_EVALS = ('alignment', 'vision')
 BATCH_SIZE = 64
@@ -187,11 +187,12 @@ def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: C
             images = torch.stack([to_normalized_tensor(img) for img in small]).to(device)
             out = model(images)
             texts, confidences, _ = decode_logits(out['logits'], charset)
+            maps = attention_maps(out['attn_scores']) if output is not None else None  # one copy per batch
             for k, ((path, _), text, conf) in enumerate(zip(batch, texts, confidences)):
                 print(f'{path}\t{text}\t{conf:.4f}', flush=True)
                 results.append((path, text, conf))
-                if output is not None:
-                    picture = attention_picture(small[k], out['attn_scores'][k], text)
+                if maps is not None:
+                    picture = attention_picture(small[k], maps[k], text)
                     save_rgb(output / picture_name(path, used), picture)
     return results
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from fastai.basic_data import DataBunch, DeviceDataLoader
 from fastai.basic_train import Learner
+from fastai.callback import Callback
 from fastai.train import GradientClipping
 from torch import nn
 from torch.utils.data import DataLoader
@@ -59,21 +60,26 @@ from dataset import (
     limit_opencv_threads,
     process_rank,
     seed_worker,
+    shutdown_workers,
 )
 from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from launcher import LAUNCHED_BY_ENV, launch, process_count, report_error
 from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
+from memory_format import align_optimizer_state, enable_cudnn_autotune, weights_memory_format
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
 from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
-from visualization import attention_picture, denormalize, save_rgb
+from visualization import attention_maps, attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16
 MAIN_SCRIPT = Path(__file__).resolve()
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
 DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
+# Test hook: "RANK:ITERATION" makes that rank fail as it starts that training iteration (1-based), as a loader
+# error would, so the tests can check that a failing rank ends the whole job instead of hanging it.
+FAIL_AT_ENV = 'CONCLR_TEST_FAIL_AT'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,6 +184,26 @@ def _loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
     return (sampler_seed * 1_000_003 + rank * 7_919 + iteration) % 2**63
 
 
+class _FailAt(Callback):
+    """Raise a DatasetError as training iteration `iteration` (1-based, counted from this run's start) begins."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
+        if train and iteration + 1 == self.iteration:
+            raise DatasetError(f'{FAIL_AT_ENV}: simulated loader failure at iteration {self.iteration}')
+
+
+def _failure_hook(rank: int) -> list[Callback]:
+    """The `FAIL_AT_ENV` test hook's callback for this rank (none normally)."""
+    value = os.environ.get(FAIL_AT_ENV)
+    if not value:
+        return []
+    fail_rank, _, iteration = value.partition(':')
+    return [_FailAt(int(iteration))] if int(fail_rank) == rank else []
+
+
 def train(config: Config, device: torch.device, env: DistEnv | None = None) -> IterationCallback:
     """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots.
 
@@ -232,9 +258,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     logger.info(f'model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters')
     if config.training_channels_last:
         if device.type == 'cuda':
-            model = model.to(memory_format=torch.channels_last)
+            # weights here; inputs and the backbone's output follow the weights (modules use dense_like)
+            model = model.to(memory_format=weights_memory_format(device, True))
         else:
             logger.warning('training.channels_last is ignored on the CPU')
+    if enable_cudnn_autotune(device):
+        logger.info('cudnn.benchmark on (fixed input shapes)')
     if config.training_sync_bn and env.distributed and device.type != 'cuda':
         logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
     if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
@@ -244,6 +273,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
         if state.get('opt') is not None:
             learn.create_opt(config.optimizer_lr, config.optimizer_wd)
             learn.opt.load_state_dict(state['opt'])
+            align_optimizer_state(learn.opt.opt)  # NCHW moments from the file, channels-last weights
         else:
             logger.warning(f'{resume_path} holds no optimiser state: the optimiser starts afresh')
     precision = MixedPrecision(learn, amp, device.type) if amp else None
@@ -287,6 +317,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
                                             test_conaug=config.dataset_test_conaug and env.is_main,
                                             workdir=config.workdir, writer=writer))
     callbacks.append(iteration_cb)
+    callbacks += _failure_hook(env.rank)
     epochs = config.training_epochs - point.epoch
     max_iters = config.training_max_iters
     end = schedule_end(config.optimizer_scheduler_periods, iters_per_epoch, config.training_epochs)
@@ -305,6 +336,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     finally:
         if writer is not None:
             writer.close()
+        shutdown_workers(train_dl)  # the Learner's reference cycle would keep them alive after train() returns
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
                 + replaced_summary(train_set, device))
     dump = os.environ.get(DUMP_FINAL_STATE_ENV)
@@ -338,6 +370,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     model = build_model(config)
+    enable_cudnn_autotune(device)
     logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else ''))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
@@ -430,12 +463,13 @@ def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: Charse
                         device: torch.device) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     count = min(ATTENTION_PICTURES_PER_SET, len(dataset))
-    images = torch.stack([dataset[i][0] for i in range(count)]).to(device)
+    images = torch.stack([dataset[i][0] for i in range(count)])  # stays on the host for the pictures
     model.eval()
-    output = model(images)
+    output = model(images.to(device))
     texts, _, _ = decode_logits(output['logits'], charset)
+    maps = attention_maps(output['attn_scores'])  # one device copy for the batch
     for i in range(count):
-        picture = attention_picture(denormalize(images[i]), output['attn_scores'][i], texts[i])
+        picture = attention_picture(denormalize(images[i]), maps[i], texts[i])
         save_rgb(folder / f'{i:04d}.png', picture)
 
 
@@ -443,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2."""
     args = parse_args(argv)
     env = None
+    failed = True  # until the phase returns: a failed process aborts the group instead of a collective destroy
     try:
         config = build_config(args)
         processes, why = processes_to_start(config)
@@ -452,17 +487,18 @@ def main(argv: list[str] | None = None) -> int:
             return launch(processes, MAIN_SCRIPT, sys.argv[1:] if argv is None else list(argv), why)
         if config.global_malloc_tune:
             tune_malloc()
-        env = setup_distributed()
+        env = setup_distributed(timeout_s=config.global_dist_timeout)
         if config.global_phase == 'train':
             train(config, env.device, env)
         else:
             test(config, env.device, image_only=args.image_only, env=env)
+        failed = False
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
         report_error(str(e), env.rank if env is not None else process_rank())
         return 2
     finally:
         if is_distributed():
-            cleanup_distributed()
+            cleanup_distributed(failed=failed)
     return 0
 
 

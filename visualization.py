@@ -17,17 +17,26 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def attention_picture(image: np.ndarray, attn_scores: torch.Tensor, text: str, scale: int = 2) -> np.ndarray:
+def attention_maps(attn_scores: torch.Tensor) -> np.ndarray:
+    """N x T x h x w attention scores as one float32 array on the host: one device copy for a whole batch."""
+    return attn_scores.detach().float().cpu().numpy()
+
+
+def attention_picture(image: np.ndarray, attn_scores: np.ndarray | torch.Tensor, text: str,
+                      scale: int = 2) -> np.ndarray:
     """Input image on top, then one heat-map overlay per predicted character (and the end slot), labelled.
 
-    image: H x W x 3 uint8 RGB; attn_scores: T x h x w of one sample; text: the decoded prediction.
+    image: H x W x 3 uint8 RGB; attn_scores: T x h x w of one sample, best a row of `attention_maps` (a tensor
+    is copied to the host here, once); text: the decoded prediction.
     """
+    if isinstance(attn_scores, torch.Tensor):
+        attn_scores = attention_maps(attn_scores)
     h, w = image.shape[:2]
     big = cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
     rows = [_label(big, text if text else '(empty)')]
     slots = min(len(text) + 1, attn_scores.shape[0])
     for t in range(slots):
-        attn = attn_scores[t].detach().float().cpu().numpy()
+        attn = attn_scores[t]
         attn = cv2.resize(attn / max(float(attn.max()), 1e-8), (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
         heat = cv2.applyColorMap((attn * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
         overlay = (0.5 * big + 0.5 * heat).astype(np.uint8)

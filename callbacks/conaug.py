@@ -97,32 +97,36 @@ def conaug_views(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tens
     return tuple(t[:n] for t in both), tuple(t[n:] for t in both)
 
 
-def _coins(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    """Fair boolean coin flips of `shape` on the generator's device."""
-    gen_device = generator.device if generator is not None else 'cpu'
-    return torch.randint(0, 2, shape, generator=generator, device=gen_device).bool()
+def _coins(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Fair boolean coin flips of `shape` drawn on `device` (the generator's device when one is given)."""
+    return torch.randint(0, 2, shape, generator=generator, device=device).bool()
 
 
 def draw_conaug_params(n: int, side: str = 'fixed', generator: torch.Generator | None = None,
                        device: torch.device | str | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw (perm1, left1, perm2, left2) for the two views of a batch of n; `side` is fixed | batch | sample."""
+    """Draw (perm1, left1, perm2, left2) for the two views of a batch of n; `side` is fixed | batch | sample.
+
+    Without a generator they are drawn by `device`'s default generator right where the batch is (CPU when None):
+    no copy, and no stream synchronisation, per step on a GPU. With a generator they are drawn on its device
+    and moved to `device` (when given).
+    """
     if side not in SIDES:
         raise ValueError(f'unknown conaug side {side!r}; expected one of {", ".join(SIDES)}')
-    # Drawn on the generator's device (CPU by default) so a CPU generator also serves a GPU batch.
-    gen_device = generator.device if generator is not None else 'cpu'
+    target = torch.device(device) if device is not None else None
+    gen_device = generator.device if generator is not None else (target or torch.device('cpu'))
     perm1 = torch.randperm(n, generator=generator, device=gen_device)
     perm2 = torch.randperm(n, generator=generator, device=gen_device)
     if side == 'fixed':
         left1 = torch.zeros(n, dtype=torch.bool, device=gen_device)
         left2 = torch.ones(n, dtype=torch.bool, device=gen_device)
     elif side == 'batch':
-        coins = _coins((2,), generator)
+        coins = _coins((2,), generator, gen_device)
         left1, left2 = coins[0].expand(n), coins[1].expand(n)
     else:
-        left1, left2 = _coins((n,), generator), _coins((n,), generator)
-    device = torch.device(device) if device is not None else torch.device(gen_device)
-    return tuple(p.to(device).contiguous() for p in (perm1, left1, perm2, left2))
+        left1, left2 = _coins((n,), generator, gen_device), _coins((n,), generator, gen_device)
+    # .to copies only the draws of a generator on another device
+    return tuple(p.to(target or gen_device).contiguous() for p in (perm1, left1, perm2, left2))
 
 
 def make_conaug_grid(images: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, texts0: Sequence[str],

@@ -9,6 +9,7 @@ test image is counted exactly once and the gathered results equal a single-proce
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import secrets
@@ -66,41 +67,70 @@ def launched_by_torchrun() -> bool:
     return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
 
 
-def setup_distributed(stream: Any = None) -> DistEnv:
+def group_timeout(seconds: float | None) -> datetime.timedelta | None:
+    """The process-group timeout of `global.dist_timeout` (None: torch's default); an error unless positive."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigError(f'global.dist_timeout {seconds!r}: expected a positive number of seconds')
+    return datetime.timedelta(seconds=seconds)
+
+
+def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
-    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise.
-    A single process that sees several GPUs (main.py with `training.processes: 1`; otherwise it starts one process
-    per GPU) uses the first one and prints one line saying how to use them all.
+    With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise (one
+    process on CUDA also takes `cuda:LOCAL_RANK`, LOCAL_RANK 0 when unset, and makes it the current device);
+    a collective that waits longer than `timeout_s` seconds for the other processes fails (torch's default when
+    None). A single process that sees several GPUs (main.py with `training.processes: 1`; otherwise it starts one
+    process per GPU) uses one of them and prints one line saying how to use them all.
     """
+    timeout = group_timeout(timeout_s)
     cuda = torch.cuda.is_available()
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        if cuda:
-            if local_rank >= torch.cuda.device_count():
-                raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: '
-                                  'start at most one process per GPU on each machine')
-            device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device('cpu')
+        device = _local_gpu(local_rank) if cuda else torch.device('cpu')
         if not dist.is_initialized():
-            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://')
+            extra = {'timeout': timeout} if timeout is not None else {}
+            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
-        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        device = _local_gpu(int(os.environ.get('LOCAL_RANK', 0)))
         count = torch.cuda.device_count()
         if count > 1 and not launched_by_torchrun():
-            print(f'warning: {count} GPUs are visible but this process uses only cuda:0; to use all of them set '
+            print(f'warning: {count} GPUs are visible but this process uses only {device}; to use all of them set '
                   f'training.processes: null (or {count})', file=stream or sys.stderr)
-        return DistEnv(device=torch.device('cuda', local_rank))
+        return DistEnv(device=device)
     return DistEnv()
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (no-op when none was started)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _local_gpu(local_rank: int) -> torch.device:
+    """`cuda:LOCAL_RANK`, made the current device (kernels, NCCL, cudnn and `.cuda()` calls then go there)."""
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: '
+                          'start at most one process per GPU on each machine')
+    device = torch.device('cuda', local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def cleanup_distributed(failed: bool = False) -> None:
+    """Leave the process group (no-op when none was started).
+
+    After a failure the group is aborted, not destroyed: destroying is collective with NCCL and would wait for
+    the other processes, which may be blocked in a collective of their own; once this process has exited,
+    torchrun stops them.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    abort = getattr(dist.distributed_c10d, '_abort_process_group', None)
+    if failed and abort is not None:
+        try:
+            abort()
+            return
+        except (RuntimeError, NotImplementedError):  # a backend without abort: leave the group to the exit
+            return
+    dist.destroy_process_group()
 
 
 def local_batch_size(global_batch: int, world_size: int) -> int:
@@ -154,6 +184,22 @@ def all_agree(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def all_true(flag: torch.Tensor) -> torch.Tensor:
+    """`flag` (a bool tensor on this rank's device) AND-ed over the ranks, on the device: no host copy either way."""
+    if not is_distributed():
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
+
+
+def sum_tensor_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `tensor` over the ranks, on its device (itself when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -249,7 +295,9 @@ class DistributedTrainer(LearnerCallback):
 
     Evaluation must use the unwrapped model (`unwrap(learn.model)`): shards can differ by one batch, and a DDP
     forward may start collectives. At the end the buffers of rank 0 are copied to every rank, so all ranks hold
-    identical weights, and the model is unwrapped again.
+    identical weights, and the model is unwrapped again. When training ends with an exception (fastai still calls
+    on_train_end) no collective is entered: the other ranks may be blocked in DDP's own all-reduce, and a
+    mismatched collective would hold every rank until the process-group timeout instead of letting this one exit.
     """
 
     _order = -20  # before every callback that touches the model
@@ -275,7 +323,8 @@ class DistributedTrainer(LearnerCallback):
         if self.sampler is not None:
             self.sampler.set_epoch(self.start_epoch + epoch)
 
-    def on_train_end(self, **kwargs: Any) -> None:
+    def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
         if isinstance(self.learn.model, DistributedDataParallel):
-            broadcast_buffers(self.learn.model)
+            if not exception:
+                broadcast_buffers(self.learn.model)
             self.learn.model = self.learn.model.module

@@ -11,17 +11,78 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import sum_across_ranks
+from callbacks.distributed import sum_tensor_across_ranks
 from checkpoint import save_checkpoint
 
 KEEP_LAST = 5
+
+
+def _as_scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """A 0-dim float32 tensor of a loss term (a tensor stays where it is; a Python number is filled on `device`)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().reshape(())
+    return torch.full((), float(value), device=device)
+
+
+class LossWindow:
+    """The training losses of one logging window, kept on the device until the window is logged.
+
+    Every step adds a row: its loss (fastai hands the loss over already copied to the CPU), whether it was
+    finite on this rank, and every term of the loss function's `losses` under `keys`, the list fixed by the first
+    step of the run, so every rank reduces a table of the same shape. A non-finite step's row holds zeros.
+    `reduce()` sums the table over the ranks in one collective and averages each key over the steps whose loss
+    was finite on every rank (exactly the steps NonFiniteGuard let through).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.keys: list[str] | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        """Start a new window (the key list stays)."""
+        self._losses: list[float] = []
+        self._finite: list[bool] = []
+        self._terms: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._losses)
+
+    def add(self, loss: float, terms: dict[str, Any]) -> None:
+        """Record one training step; `terms` maps names to 0-dim tensors (left on their device) or numbers."""
+        if self.keys is None:
+            self.keys = list(terms)
+        finite = math.isfinite(loss)
+        self._losses.append(loss if finite else 0.0)
+        self._finite.append(finite)
+        if self.keys and finite:
+            self._terms.append(torch.stack([_as_scalar(terms.get(k, 0.0), self.device) for k in self.keys]))
+        elif self.keys:
+            self._terms.append(torch.zeros(len(self.keys), device=self.device))
+
+    def reduce(self) -> tuple[dict[str, float], int]:
+        """(mean of the loss and of every term over the steps every rank trained, steps some rank skipped).
+
+        A collective on every rank; the only copy of the window's values to the host."""
+        local = torch.tensor([[loss, 0.0 if ok else 1.0, 1.0] for loss, ok in zip(self._losses, self._finite)],
+                             dtype=torch.float64).reshape(-1, 3)  # loss, non-finite here, one rank
+        table = local.to(self.device)
+        if self._terms:
+            table = torch.cat([table, torch.stack(self._terms).to(device=self.device, dtype=torch.float64)], 1)
+        table = sum_tensor_across_ranks(table)
+        kept = table[:, 1] == 0
+        totals = torch.where(kept.unsqueeze(1), table, torch.zeros_like(table)).sum(0)
+        totals = torch.cat([totals, (~kept).sum().reshape(1).to(totals.dtype)]).tolist()
+        count, skipped = totals[2], int(totals[-1])
+        if not count:
+            return {'loss': math.nan}, skipped
+        return {'loss': totals[0] / count, **{k: v / count for k, v in zip(self.keys or [], totals[3:-1])}}, skipped
 
 
 class IterationCallback(LearnerCallback):
@@ -59,15 +120,14 @@ class IterationCallback(LearnerCallback):
         self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
 
     def on_train_begin(self, **kwargs: Any) -> dict:
+        self._window = LossWindow(self._device())
         self._reset_window()
         self.epoch = self.start_epoch
         # fastai's own end-of-epoch validation is skipped: evaluation is iteration-based here.
         return {'skip_validate': True}
 
     def _reset_window(self) -> None:
-        self._sums: dict[str, float] = defaultdict(float)
-        self._count = 0
-        self._nonfinite = 0
+        self._window.clear()
         self._data_time = self._compute_time = 0.0
         self._window_start = self._last_end = time.perf_counter()
 
@@ -86,14 +146,8 @@ class IterationCallback(LearnerCallback):
         self._compute_time += time.perf_counter() - self._batch_start
         self.iteration += 1
         self.batch_in_epoch += 1
-        loss = float(last_loss)
-        if math.isfinite(loss):
-            self._sums['loss'] += loss
-            for key, value in getattr(self.learn.loss_func, 'losses', {}).items():
-                self._sums[key] += float(value)
-            self._count += 1
-        else:  # a step NonFiniteGuard skipped
-            self._nonfinite += 1
+        # fastai's loss_batch already copied the loss to the CPU; the terms stay on the device.
+        self._window.add(float(last_loss), getattr(self.learn.loss_func, 'losses', {}))
         it = self.iteration
         if it % self.show_iters == 0:
             self._log_train()
@@ -114,7 +168,7 @@ class IterationCallback(LearnerCallback):
         if exception:
             self.logger.error(f'training stopped by {type(exception).__name__}: {exception}')
             return
-        if self._count or self._nonfinite:
+        if len(self._window):
             self._log_train()
         if not self.history or self.history[-1]['iteration'] != self.iteration:
             self._evaluate()
@@ -126,26 +180,17 @@ class IterationCallback(LearnerCallback):
     def _lr(self) -> float:
         return float(self.learn.opt.lr)
 
-    def _window_means(self) -> dict[str, float]:
-        """Mean of every logged loss over the window's finite steps, across all ranks."""
-        keys = sorted(self._sums)
-        totals = sum_across_ranks([self._sums[k] for k in keys] + [float(self._count)], self._device())
-        count = totals[-1]
-        means = {k: v / count for k, v in zip(keys, totals)} if count else {'loss': math.nan}
-        return {'loss': means.pop('loss'), **means}
-
     def _device(self) -> torch.device:
         param = next(self.learn.model.parameters(), None)
         return param.device if param is not None and param.device.type == 'cuda' else torch.device('cpu')
 
     def _log_train(self) -> None:
-        means = self._window_means()
+        means, skipped_steps = self._window.reduce()
         self.train_history.append({'iteration': self.iteration, **means})
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        steps = self._count + self._nonfinite
-        speed = steps * self.learn.data.train_dl.batch_size * self.world_size / elapsed
+        speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
-        skipped = f', {self._nonfinite} non-finite step(s) skipped' if self._nonfinite else ''
+        skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
                          + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '
                          f'data {self._data_time:.1f} s / compute {self._compute_time:.1f} s{skipped}')

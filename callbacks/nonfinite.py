@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import all_agree
+from callbacks.distributed import all_true
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,14 +32,17 @@ class NonFiniteGuard(LearnerCallback):
         self.skipped = 0  # over the whole run
 
     def on_backward_begin(self, last_loss: torch.Tensor, iteration: int, **kwargs: Any) -> dict | None:
-        finite = bool(torch.isfinite(last_loss.detach()).all())
-        device = last_loss.device if last_loss.device.type == 'cuda' else torch.device('cpu')
-        if all_agree(finite, device):
+        finite = torch.isfinite(last_loss.detach()).all()  # on the loss's device, agreed there too
+        # The one host read of a step here: running the backward pass and the step is a host decision. It comes
+        # right after fastai's own copy of the loss to the CPU (CallbackHandler.on_backward_begin), which has
+        # already waited for the forward pass, so it adds no stall of its own.
+        if bool(all_true(finite)):
             self.in_row = 0
             return None
         self.in_row += 1
         self.skipped += 1
-        what = f'loss {float(last_loss.detach()):.4g}' if not finite else 'non-finite loss on another process'
+        local = bool(finite)  # reads below happen only on the rare skipped step
+        what = f'loss {float(last_loss.detach()):.4g}' if not local else 'non-finite loss on another process'
         if self.verbose:
             self.logger.warning(f'non-finite training loss ({what}) at iteration {self.start_iter + iteration + 1}: '
                                 f'step skipped ({self.in_row} in a row, limit {self.max_in_row})')

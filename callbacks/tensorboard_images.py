@@ -10,7 +10,7 @@ from torch import nn
 
 from modules.decoding import decode_logits, onehot_texts
 from utils import CharsetMapper
-from visualization import add_caption, attention_picture, denormalize, hstack_padded
+from visualization import add_caption, attention_maps, attention_picture, denormalize, hstack_padded
 
 TAG = 'eval/attention'
 
@@ -24,9 +24,10 @@ def attention_grid(images: torch.Tensor, attn_scores: torch.Tensor, texts: Seque
     count = min(max_images, len(images))
     if count < 1:
         raise ValueError('attention_grid needs at least one image')
+    images, maps = images[:count].detach().cpu(), attention_maps(attn_scores[:count])  # one copy each
     pictures = []
     for i in range(count):
-        picture = attention_picture(denormalize(images[i]), attn_scores[i], texts[i])
+        picture = attention_picture(denormalize(images[i]), maps[i], texts[i])
         if gts is not None:
             picture = add_caption(picture, f'gt: {gts[i]}')
         pictures.append(picture)

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from memory_format import dense_like
 from modules.positional_encoding import PositionalEncoding
 from modules.resnet import ResNet45
 
@@ -33,4 +34,6 @@ class ResTransformer(nn.Module):
         n, c, h, w = feature.shape
         seq = feature.flatten(2).permute(2, 0, 1).contiguous()  # (H*W, N, E), row-major positions
         seq = self.transformer(self.pos_encoder(seq))
-        return seq.permute(1, 2, 0).reshape(n, c, h, w).contiguous()
+        # Dense in the ResNet output's format: channels-last weights downstream (the attention's key encoder)
+        # then get channels-last input, not an NCHW copy they would convert back.
+        return dense_like(seq.permute(1, 2, 0).reshape(n, c, h, w), feature)

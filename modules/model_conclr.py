@@ -35,7 +35,7 @@ class ConCLR_Vision(BaseVision):
         if aug1 is None or aug2 is None:
             return super().forward(images)
         n = images.shape[0]
-        batch = torch.cat([images, aug1, aug2]).contiguous()
+        batch = torch.cat([images, aug1, aug2])  # recognise() lays it out like the stem weights
         attn_vecs, attn_scores, logits = self.recognise(batch)
         outputs = []
         for k, (name, weight) in enumerate(zip(VIEW_NAMES, self.view_weights)):

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memory_format import dense_like
 from modules.attention import Attention, PositionAttention
 from modules.backbone import ResTransformer
 from modules.decoding import pt_lengths
@@ -52,9 +53,18 @@ class BaseVision(nn.Module):
                              f"got {config.model_vision_attention!r}")
         self.cls = nn.Linear(d_model, self.num_classes)
 
+    def stem_weight(self) -> torch.Tensor:
+        """The weight of the first convolution (its memory format is the one the input batch is given)."""
+        resnet = getattr(self.backbone, 'resnet', self.backbone)
+        return resnet.conv1.weight
+
     def recognise(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images N x 3 x H x W -> (attn_vecs N x T x E, attn_scores N x T x h x w, logits N x T x C)."""
-        features = self.backbone(images)
+        """images N x 3 x H x W -> (attn_vecs N x T x E, attn_scores N x T x h x w, logits N x T x C).
+
+        The batch is made dense in the stem weight's memory format first (a no-op for a contiguous batch and
+        NCHW weights); a non-contiguous batch is never fed to the backward pass (it crashed torch 2.14 on the CPU).
+        """
+        features = self.backbone(dense_like(images, self.stem_weight()))
         attn_vecs, attn_scores = self.attention(features)
         return attn_vecs, attn_scores, self.cls(attn_vecs)
 

@@ -25,7 +25,8 @@ from callbacks.distributed import (
 from checkpoint import load_checkpoint
 from dataset import dataset_kwargs, get_dataset
 from evaluation import evaluate
-from tests.helpers import render_lmdb, tiny_config
+from tests.helpers import render_lmdb, tiny_config, write_config
+from tests.multiprocess import run_killable
 from utils import REPO_ROOT, CharsetMapper, Config, ConfigError
 
 
@@ -68,10 +69,49 @@ def test_single_process_seeing_several_gpus_says_how_to_use_them(monkeypatch, ca
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: None)
     env = setup_distributed()
     assert env.device == torch.device('cuda', 0) and env.world_size == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'training.processes: null (or 4)' in err[0]
+
+
+@pytest.mark.parametrize('world_size', [None, '1'])
+def test_single_process_with_a_local_rank_makes_its_gpu_current(monkeypatch, world_size):
+    """A single-process run given LOCAL_RANK 1 (by a launcher, or torchrun with one process) uses cuda:1 and
+    makes it the current device, so nothing lands on cuda:0; a LOCAL_RANK beyond the GPUs is a one-line error."""
+    current = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', current.append)
+    for name in ('WORLD_SIZE', 'RANK'):
+        monkeypatch.delenv(name, raising=False)
+    if world_size is not None:
+        monkeypatch.setenv('WORLD_SIZE', world_size)
+        monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    env = setup_distributed()
+    assert env.device == torch.device('cuda', 1) and current == [torch.device('cuda', 1)]
+    monkeypatch.setenv('LOCAL_RANK', '2')
+    with pytest.raises(ConfigError, match='LOCAL_RANK 2 but only 2 GPU'):
+        setup_distributed()
+
+
+def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: False)
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(torch.distributed, 'get_rank', lambda: 1)
+    monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 2)
+    for name, value in (('WORLD_SIZE', '2'), ('RANK', '1'), ('LOCAL_RANK', '1')):
+        monkeypatch.setenv(name, value)
+    config = Config(write_config(tmp_path / 'c.yaml', **{'global': {'dist_timeout': 90}}))
+    env = setup_distributed(timeout_s=config.global_dist_timeout)
+    assert env.rank == 1 and seen['backend'] == 'gloo' and seen['timeout'].total_seconds() == 90
+    for bad in (0, -5):
+        with pytest.raises(ConfigError, match=f'global.dist_timeout {bad}'):
+            setup_distributed(timeout_s=bad)
 
 
 def test_other_ranks_log_warnings_only(tmp_path, capsys):
@@ -234,3 +274,21 @@ def test_failing_workers_reach_the_plain_python_as_one_line(tmp_path, lmdbs):
     assert result.returncode == 2
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and 'no_such_lmdb' in err[0], result.stderr
+
+
+def test_a_failing_rank_ends_the_job_with_its_one_line_error(tmp_path, lmdbs):
+    """Rank 1 fails mid-epoch while rank 0 waits in DDP's gradient all-reduce. Rank 1 must leave without entering
+    another collective (fastai still calls on_train_end on it), so the job ends instead of waiting for the
+    process-group timeout, and its one-line error is shown. The kill timeout only bounds a hang; no speed is
+    asserted."""
+    train_root, test_root, _ = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=40, show_iters=10, eval_iters=100,
+                       save_iters=100)
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+               str(REPO_ROOT / 'main.py'), '--config', str(path)]
+    job = run_killable(command, {main.FAIL_AT_ENV: '1:3'}, timeout=120)
+    output = job.outputs[0]
+    assert not job.timed_out, 'the job hung after rank 1 failed:\n' + output[-3000:]
+    assert job.returncodes[0] != 0
+    errors = [line for line in output.splitlines() if line.startswith('error')]
+    assert errors == [f'error (rank 1): {main.FAIL_AT_ENV}: simulated loader failure at iteration 3'], output[-3000:]

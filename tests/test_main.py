@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -273,3 +274,16 @@ def test_checkpoint_that_does_not_fit_is_an_error(tmp_path, lmdbs, capsys):
     assert main.main(['--config', str(other_path), '--phase', 'test', '--checkpoint',
                       str(config.workdir / 'best-run.pth')]) == 2
     assert 'does not fit' in capsys.readouterr().err
+
+
+def test_training_loader_workers_end_with_train(tmp_path, lmdbs):
+    """Persistent training workers must not outlive train() (the returned callback keeps the Learner alive, and
+    in-process runs such as the OOD study's would pile them up)."""
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=4, show_iters=2, eval_iters=4, save_iters=4)
+    path.write_text(path.read_text().replace('num_workers: 0', 'num_workers: 2'))
+    before = {p.pid for p in multiprocessing.active_children()}
+    callback = main.train(Config(path), torch.device('cpu'))
+    assert callback.iteration == 4
+    left = [p for p in multiprocessing.active_children() if p.pid not in before]
+    assert left == [], f'{len(left)} loader worker process(es) still alive after train() returned'

@@ -43,6 +43,7 @@ from losses.conclr_loss import ConCLRLoss  # noqa: E402
 from losses.contrastive import contrastive_loss  # noqa: E402
 from losses.recognition import RecognitionLoss  # noqa: E402
 from main import build_model  # noqa: E402
+from memory_format import enable_cudnn_autotune  # noqa: E402
 from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc  # noqa: E402
 
 ABINET = 'modules.model_vision.BaseVision'
@@ -789,12 +790,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class BenchmarkError(ValueError):
+    """A command-line value the benchmark cannot use (reported as one `error:` line, exit status 2)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device as a torch.device: `auto` takes CUDA when available; `cuda:N` must name a visible GPU."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchmarkError(f'--device {name!r}: expected cpu, cuda, cuda:N or auto') from None
+    if device.type not in ('cpu', 'cuda'):
+        raise BenchmarkError(f'--device {name!r}: expected cpu, cuda, cuda:N or auto')
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BenchmarkError(f'--device {name}: no CUDA device is available (use --device cpu)')
+        if (device.index or 0) >= count:
+            raise BenchmarkError(f'--device {name}: only {count} CUDA device(s) visible, cuda:0 to cuda:{count - 1}')
+    return device
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """Resolve defaults (quick or full) and the device."""
-    if args.device == 'auto':
-        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     q = args.quick
 
     def pick(value: Any, quick: Any, full: Any) -> Any:
@@ -829,6 +850,10 @@ def run(argv: list[str] | None = None) -> Report:
     elif not s.quick:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
     malloc_tuned = tune_malloc() if not (args.no_malloc_tune or s.quick) else False
+    if s.device.type == 'cuda':
+        torch.cuda.set_device(s.device)
+    cudnn_before = torch.backends.cudnn.benchmark
+    enable_cudnn_autotune(s.device)  # as main.py trains and evaluates
     report = Report()
     report.meta = {
         'command': 'python tools/benchmark.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
@@ -861,14 +886,19 @@ def run(argv: list[str] | None = None) -> Report:
             section_demo(s, report)
     finally:
         torch.set_num_threads(threads_before)
+        torch.backends.cudnn.benchmark = cudnn_before
     report.meta['load_average_end'] = list(os.getloadavg())
     report.meta['seconds'] = round(time.perf_counter() - started, 1)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run, print the table and write the JSON (--output)."""
-    report = run(argv)
+    """Run, print the table and write the JSON (--output); bad input is one `error:` line and status 2."""
+    try:
+        report = run(argv)
+    except BenchmarkError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     args = parse_args(argv)
     m = report.meta
     print(f"device {m['device']}, torch {m['torch']}, {m['threads']} threads, model {m['size']}, batch {m['batch']}, "

@@ -199,6 +199,38 @@ def test_draw_params_two_permutations_differ_and_follow_device():
     assert perm1.device.type == 'cpu' and perm1.dtype == torch.long
 
 
+@pytest.mark.parametrize('side', ['fixed', 'batch', 'sample'])
+def test_draw_params_are_drawn_on_the_batch_device_without_a_copy(monkeypatch, side):
+    """Without a generator every draw happens on the requested device ('meta' here: no CPU draw, no copy)."""
+    devices = []
+    for name in ('randperm', 'randint'):
+        original = getattr(torch, name)
+
+        def recording(*args, _original=original, **kwargs):
+            devices.append(torch.device(kwargs['device']))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(torch, name, recording)
+    original_to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        moved = original_to(self, *args, **kwargs)
+        devices.append(moved.device)
+        return moved
+    monkeypatch.setattr(torch.Tensor, 'to', recording_to)
+    params = draw_conaug_params(6, side, device='meta')
+    assert devices and set(devices) == {torch.device('meta')}  # drawn there, and never moved from elsewhere
+    assert all(p.device.type == 'meta' and p.shape == (6,) for p in params)
+
+
+def test_draw_params_on_the_cpu_are_those_of_the_cpu_generator():
+    """CPU batches draw exactly what they drew when parameters were always drawn on the CPU and then moved."""
+    torch.manual_seed(11)
+    drawn = draw_conaug_params(9, 'sample', device='cpu')
+    torch.manual_seed(11)
+    reference = draw_conaug_params(9, 'sample', generator=torch.default_generator)
+    assert all(torch.equal(a, b) for a, b in zip(drawn, reference))
+
+
 def test_draw_params_unknown_side():
     with pytest.raises(ValueError, match=r"'left'.*fixed.*batch.*sample"):
         draw_conaug_params(4, 'left')

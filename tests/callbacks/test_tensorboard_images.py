@@ -54,6 +54,28 @@ def test_attention_grid_layout_and_pixels():
         attention_grid(images[:0], attn[:0], [], None)
 
 
+class CopyCounter(torch.Tensor):
+    """A tensor that counts the copies to the host made of it (and of the tensors derived from it)."""
+
+    copies = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cpu:
+            cls.copies += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_attention_maps_are_copied_to_the_host_once_per_batch():
+    images = torch.stack([constant_image(c) for c in [(1, 2, 3), (4, 5, 6), (7, 8, 9)]])
+    attn = torch.rand(3, 6, 8, 32, generator=torch.Generator().manual_seed(0))
+    want = attention_grid(images, attn, ['abcd', 'xy', 'q'], None, max_images=3)
+    CopyCounter.copies = 0
+    got = attention_grid(images, attn.as_subclass(CopyCounter), ['abcd', 'xy', 'q'], None, max_images=3)
+    assert CopyCounter.copies == 1  # not one per image and character slot
+    assert np.array_equal(got, want)
+
+
 def test_spread_picks_evenly_spaced_indices():
     assert _spread(10, 4) == [0, 3, 6, 9]
     assert _spread(3, 4) == [0, 1, 2]

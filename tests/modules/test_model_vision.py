@@ -247,3 +247,31 @@ def test_list_loss_weight_uses_first_value(tmp_path):
 def test_bad_config_raises(tmp_path, vision, match):
     with pytest.raises(ValueError, match=match):
         BaseVision(tiny_config(tmp_path, **vision))
+
+
+@pytest.mark.parametrize('backbone', ['transformer', 'resnet'])
+def test_channels_last_weights_get_channels_last_inputs_and_the_same_outputs(tmp_path, backbone):
+    """With channels-last weights the stem and the attention's key encoder see channels-last inputs (no layout
+    flip inside a convolution) and the outputs equal the NCHW model's; NCHW weights keep NCHW inputs."""
+    config = tiny_config(tmp_path, backbone=backbone, d_model=16)
+    torch.manual_seed(0)
+    nchw = randomise(BaseVision(config))
+    torch.manual_seed(0)
+    channels_last = randomise(BaseVision(config)).to(memory_format=torch.channels_last)
+    images = torch.randn(3, 3, 32, 128, generator=torch.Generator().manual_seed(1))  # an NCHW batch
+    seen = {}
+
+    def recorder(name):
+        def hook(module, inputs):
+            seen.setdefault(name, []).append(inputs[0].is_contiguous(memory_format=torch.channels_last)
+                                             and not inputs[0].is_contiguous())
+        return hook
+    for model, tag in ((nchw, 'nchw'), (channels_last, 'cl')):
+        stem = getattr(model.backbone, 'resnet', model.backbone).conv1
+        stem.register_forward_pre_hook(recorder(f'{tag} stem'))
+        model.attention.k_encoder[0][0].register_forward_pre_hook(recorder(f'{tag} key encoder'))
+    with torch.no_grad():
+        want, got = nchw(images), channels_last(images)
+    assert seen == {'nchw stem': [False], 'nchw key encoder': [False], 'cl stem': [True], 'cl key encoder': [True]}
+    for key in ('logits', 'attn_scores', 'feature'):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)

@@ -159,3 +159,24 @@ def test_loader_renders_a_synthetic_lmdb_when_none_is_found(tmp_path, monkeypatc
     assert 'synthetic LMDB' in rows['loader.aug.img_s'].note
     assert rows['loader.aug.img_s'].value > 0 and rows['loader.noaug.img_s'].value > 0
     assert rows['loader.ratio'].status in ('PASS', 'FAIL')
+
+
+@pytest.mark.parametrize('name, count, expected', [('cpu', 0, 'cpu'), ('cuda', 2, 'cuda'), ('cuda:1', 2, 'cuda:1'),
+                                                   ('auto', 0, 'cpu'), ('auto', 1, 'cuda')])
+def test_device_flag_accepts_visible_devices(monkeypatch, name, count, expected):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: count)
+    assert B.resolve_device(name) == torch.device(expected)
+
+
+@pytest.mark.parametrize('name, count, message', [
+    ('cuda:2', 2, 'only 2 CUDA device'), ('cuda:0', 0, 'no CUDA device'), ('cuda', 0, 'no CUDA device'),
+    ('gpu', 1, 'expected cpu, cuda'), ('meta', 1, 'expected cpu, cuda')])
+def test_device_flag_rejects_absent_devices_with_one_line(monkeypatch, capsys, name, count, message):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: count)
+    with pytest.raises(B.BenchmarkError, match=message):
+        B.resolve_device(name)
+    assert B.main(['--quick', '--device', name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].replace("'", '').startswith(f'error: --device {name}:')

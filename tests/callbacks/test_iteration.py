@@ -1,0 +1,138 @@
+"""IterationCallback's window logging: losses summed on the device, reduced across ranks once per window."""
+
+from __future__ import annotations
+
+import fastai_compat  # noqa: F401
+
+import json
+import math
+import re
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from fastai.basic_data import DataBunch
+from fastai.basic_train import Learner
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.distributed import DistEnv, DistributedTrainer, setup_rank_logger
+from callbacks.iteration import IterationCallback, LossWindow
+from callbacks.nonfinite import NonFiniteGuard
+from tests.multiprocess import run_ranks
+
+BATCH, STEPS, SHOW = 2, 10, 4  # windows: iterations 1-4, 5-8 and the final partial one, 9-10
+NAN_BATCHES = {1: [0, 1, 2, 3, 5, 8, 9]}  # rank 1: a whole window, one step of the next, the whole last window
+
+
+class TwoTermLoss(nn.Module):
+    """MSE + MAE, recording both terms in `losses` as the project's loss functions do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mse, mae = ((out - y) ** 2).mean(), (out - y).abs().mean()
+        self.losses = {'mse_loss': mse.detach(), 'mae_loss': mae.detach()}
+        return mse + mae
+
+
+def test_window_means_skip_non_finite_steps_and_fix_the_keys():
+    window = LossWindow(torch.device('cpu'))
+    steps = [(1.0, {'a_loss': torch.tensor(0.25), 'rate': 0.5}),
+             (math.nan, {'a_loss': torch.tensor(math.nan), 'rate': 0.5}),
+             (3.0, {'a_loss': torch.tensor(0.75), 'rate': 1.0, 'new': torch.tensor(9.0)})]  # 'new': not a run key
+    for loss, terms in steps:
+        window.add(loss, terms)
+    assert window.keys == ['a_loss', 'rate'] and len(window) == 3
+    means, skipped = window.reduce()
+    assert skipped == 1 and means == pytest.approx({'loss': 2.0, 'a_loss': 0.5, 'rate': 0.75})
+    window.clear()
+    window.add(math.inf, {'a_loss': torch.tensor(math.inf)})
+    means, skipped = window.reduce()
+    assert skipped == 1 and math.isnan(means['loss']) and set(means) == {'loss'}
+
+
+def test_a_step_reads_no_device_value():
+    """Terms on the 'meta' device have no values to read: adding steps works, only the window's reduce reads."""
+    window = LossWindow(torch.device('meta'))
+    for step in range(5):
+        window.add(float(step) if step != 2 else math.nan, {'a_loss': torch.ones((), device='meta'), 'rate': 0.5})
+    assert len(window) == 5
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        window.reduce()
+
+
+def _rank_data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + rank)
+    xs, ys = torch.randn(STEPS * BATCH, 3, generator=g), torch.randn(STEPS * BATCH, 1, generator=g)
+    for b in NAN_BATCHES.get(rank, []):
+        xs[b * BATCH] = float('nan')
+    return xs, ys
+
+
+def _initial_model() -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(3, 1)
+
+
+def window_rank(rank: int, workdir: str) -> None:
+    """One rank of a 2-process run (lr 0, so every loss is the initial model's); dumps its window means."""
+    env = DistEnv(rank=rank, world_size=2, local_rank=rank)
+    xs, ys = _rank_data(rank)
+    train = DataLoader(TensorDataset(xs, ys), batch_size=BATCH, shuffle=False)
+    data = DataBunch(train, DataLoader(TensorDataset(xs[:2], ys[:2]), batch_size=2), device=torch.device('cpu'))
+    learn = Learner(data, _initial_model(), opt_func=partial(torch.optim.SGD, lr=0.0), loss_func=TwoTermLoss(),
+                    wd=0.0, true_wd=False, path=workdir, model_dir='.', silent=True)
+    logger = setup_rank_logger(workdir, 'train', env, name='test_iteration')
+    iteration = IterationCallback(learn, 'run', workdir, logger, lambda it: {'cwr': 0.0}, show_iters=SHOW,
+                                  eval_iters=1000, save_iters=1000, max_iters=STEPS, is_main=rank == 0,
+                                  world_size=2)
+    learn.fit(1, lr=0.0, callbacks=[DistributedTrainer(learn, env), NonFiniteGuard(learn, 10, logger, rank == 0),
+                                    iteration])
+    Path(workdir, f'rank{rank}.json').write_text(json.dumps(iteration.train_history))
+
+
+def _reference_windows() -> list[dict[str, float]]:
+    """Plain per-step loop: a step counts when no rank's loss was NaN; means over the counted (rank, step)s."""
+    model = _initial_model()
+    terms = {r: [] for r in range(2)}
+    for r in range(2):
+        xs, ys = _rank_data(r)
+        for b in range(STEPS):
+            out = model(xs[b * BATCH:(b + 1) * BATCH]).detach()
+            y = ys[b * BATCH:(b + 1) * BATCH]
+            mse, mae = float(((out - y) ** 2).mean()), float((out - y).abs().mean())
+            terms[r].append({'loss': mse + mae, 'mse_loss': mse, 'mae_loss': mae})
+    windows = []
+    for start in range(0, STEPS, SHOW):
+        window = range(start, min(start + SHOW, STEPS))
+        steps = [s for s in window if all(math.isfinite(terms[r][s]['loss']) for r in range(2))]
+        rows = [terms[r][s] for r in range(2) for s in steps]
+        means = {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]} if rows else {'loss': math.nan}
+        windows.append({'iteration': window[-1] + 1, **means, 'skipped': len(window) - len(steps)})
+    return windows
+
+
+def test_window_with_only_skipped_steps_on_one_rank_does_not_hang(tmp_path):
+    """Rank 1's losses are NaN for a whole window (and the final partial one): the ranks still reduce the same
+    keys, nothing hangs, and the logged means are those of the steps every rank trained."""
+    job = run_ranks('tests.callbacks.test_iteration:window_rank', 2, [str(tmp_path)], timeout=120)
+    assert not job.timed_out, 'the window reduction hung:\n' + job.outputs[0][-2000:]
+    assert job.returncodes == [0, 0], job.outputs[0][-2000:] + job.outputs[1][-2000:]
+    expected = _reference_windows()
+    logged = [line for line in (tmp_path / 'train.txt').read_text().splitlines() if ': loss = ' in line]
+    assert len(logged) == len(expected) == 3
+    for rank in range(2):
+        history = json.loads((tmp_path / f'rank{rank}.json').read_text())
+        assert [h['iteration'] for h in history] == [w['iteration'] for w in expected]
+        for got, want in zip(history, expected):
+            assert set(got) == set(want) - {'skipped'}
+            for key in got:
+                assert math.isclose(got[key], want[key], rel_tol=1e-6) or (math.isnan(got[key])
+                                                                          and math.isnan(want[key])), key
+    for line, want in zip(logged, expected):
+        skipped = re.search(r'(\d+) non-finite step\(s\) skipped', line)
+        assert (int(skipped.group(1)) if skipped else 0) == want['skipped'], line
