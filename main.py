@@ -270,7 +270,8 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
                            find_unused_parameters=config.training_find_unused_parameters),
         NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
-                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch)]
+                            config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch,
+                            warmup_iters=config.optimizer_scheduler_warmup_iters)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(model):
