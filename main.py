@@ -309,7 +309,8 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
         NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
                             config.optimizer_scheduler_gamma, point.iteration, iters_per_epoch,
-                            epochs=config.training_epochs, logger=logger)]
+                            warmup_iters=config.optimizer_scheduler_warmup_iters, epochs=config.training_epochs,
+                            logger=logger)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(model):

@@ -1,5 +1,6 @@
-"""ABINet's piecewise-constant learning rate: `periods` epochs per phase, lr * gamma**phase; training stops after the
-last phase, as in ABINet (whose fastai scheduler ends the run there), even when `training.epochs` asks for more."""
+"""ABINet's piecewise-constant learning rate: `periods` epochs per phase, lr * gamma**phase, optionally after a
+linear warm-up (not in ABINet; off by default); training stops after the last phase, as in ABINet (whose fastai
+scheduler ends the run there), even when `training.epochs` asks for more."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ def lr_phase(iteration: int, iters_per_epoch: int, periods: Sequence[int]) -> in
     return max(len(periods) - 1, 0)
 
 
-def lr_at(iteration: int, iters_per_epoch: int, lr: float, periods: Sequence[int], gamma: float) -> float:
-    """Learning rate at a 0-based iteration."""
-    return lr * gamma ** lr_phase(iteration, iters_per_epoch, periods)
+def lr_at(iteration: int, iters_per_epoch: int, lr: float, periods: Sequence[int], gamma: float,
+          warmup_iters: int = 0) -> float:
+    """Learning rate at a 0-based iteration; the first `warmup_iters` ramp linearly up to the phase's value."""
+    warmup = min(1.0, (iteration + 1) / warmup_iters) if warmup_iters > 0 else 1.0
+    return warmup * lr * gamma ** lr_phase(iteration, iters_per_epoch, periods)
 
 
 def schedule_end(periods: Sequence[float], iters_per_epoch: int, epochs: float) -> float | None:
@@ -37,18 +40,19 @@ class PiecewiseConstantLR(LearnerCallback):
 
     `start_iter` is the global iteration the run starts at (a resumed run passes its checkpoint's); pass
     `iters_per_epoch` when the first epoch is shorter than a full one (a run resumed mid-epoch), else it is read
-    from the training loader when training begins. With `epochs` (the run's `training.epochs`) larger than the
-    periods' sum, training stops after the last phase's final iteration and says so on `logger`.
+    from the training loader when training begins. `warmup_iters` > 0 ramps the lr up linearly over the first
+    global iterations. With `epochs` (the run's `training.epochs`) larger than the periods' sum, training stops
+    after the last phase's final iteration and says so on `logger`.
     """
 
     _order = 20  # after IterationCallback (10), whose on_epoch_end would clear the stop asked for here
 
     def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0,
-                 iters_per_epoch: int | None = None, *, epochs: float | None = None,
+                 iters_per_epoch: int | None = None, warmup_iters: int = 0, *, epochs: float | None = None,
                  logger: logging.Logger | None = None):
         super().__init__(learn)
         self.lr, self.periods, self.gamma, self.start_iter = lr, list(periods), gamma, start_iter
-        self.iters_per_epoch = iters_per_epoch
+        self.iters_per_epoch, self.warmup_iters = iters_per_epoch, warmup_iters
         self.epochs, self.logger = epochs, logger
         self.schedule_over = False
 
@@ -59,7 +63,7 @@ class PiecewiseConstantLR(LearnerCallback):
     def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
         if train:
             self.learn.opt.lr = lr_at(self.start_iter + iteration, self.iters_per_epoch, self.lr, self.periods,
-                                      self.gamma)
+                                      self.gamma, self.warmup_iters)
 
     def on_batch_end(self, iteration: int, train: bool, **kwargs: Any) -> dict | None:
         if not train or self.epochs is None:
