@@ -11,8 +11,11 @@ import fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import importlib
+import logging
 import os
 import sys
+import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ from dataset import (
     dataset_kwargs,
     get_dataset,
     limit_opencv_threads,
+    one_line_error,
     process_rank,
     seed_worker,
 )
@@ -60,7 +64,8 @@ from losses.conclr_loss import ConCLRLoss
 from losses.recognition import RecognitionLoss
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
-from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
+from stop_signal import Interrupted, StopSignal, resume_command, signal_name
+from utils import CharsetMapper, Config, ConfigError, check_writable, seed_everything, tune_malloc
 from visualization import attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
@@ -171,26 +176,30 @@ def _loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
     return (sampler_seed * 1_000_003 + rank * 7_919 + iteration) % 2**63
 
 
-def train(config: Config, device: torch.device, env: DistEnv | None = None) -> IterationCallback:
+def train(config: Config, device: torch.device, env: DistEnv | None = None,
+          stop: StopSignal | None = None) -> IterationCallback:
     """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots.
 
     In a distributed run (torchrun) every process calls it with its own `env`; `dataset.train.batch_size` is the
-    global batch, split evenly over the processes. `training.resume` continues an interrupted run.
+    global batch, split evenly over the processes. `training.resume` continues an interrupted run. With `stop`
+    (installed signal handlers), SIGINT / SIGTERM end training after the current step with one resumable
+    checkpoint and raise Interrupted.
     """
     env = env or current_env(device)
-    logger = setup_rank_logger(config.workdir, 'train', env)
-    logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
     amp = amp_mode(config.training_amp)
     global_batch = config.dataset_train_batch_size
     batch = local_batch_size(global_batch, env.world_size)
-    if env.distributed:
-        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
-                    f'{global_batch} = {env.world_size} x {batch}')
     seed_everything(config.global_seed)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     train_set = get_dataset(config.dataset_train_roots, charset, True, **dataset_kwargs(config, True))
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     valid_set = torch.utils.data.ConcatDataset(list(test_sets.values()))
+    # the log file only once the data opened: a start that fails on a missing LMDB leaves no train.txt behind
+    logger = setup_rank_logger(config.workdir, 'train', env)
+    logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
+    if env.distributed:
+        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
+                    f'{global_batch} = {env.world_size} x {batch}')
     logger.info(f'training samples {len(train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(valid_set)} from {", ".join(test_sets)}')
     if len(train_set) < global_batch:
@@ -248,8 +257,11 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(config.workdir)) if env.is_main else None
 
-    def run_eval(iteration: int) -> dict[str, float]:
-        result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive)
+    def run_eval(iteration: int) -> dict[str, float] | None:
+        result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive,
+                          should_stop=(lambda: stop.requested) if stop is not None else None)
+        if stop is not None and stop.agreed(device):  # a collective: every rank, every evaluation
+            return None  # cut short: neither logged nor compared with the best
         if writer is not None:
             log_eval_images(writer, unwrap(learn.model), valid_set, charset, iteration)
         return {'loss': result.loss, **{k: v for k, v in result.metrics.summary().items() if k != 'words'}}
@@ -264,7 +276,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
         config.training_eval_iters, config.training_save_iters, point.iteration, config.training_max_iters,
         float(state.get('best_cwr', -1.0)) if state is not None else -1.0, start_epoch=point.epoch,
         start_batch=point.skip_batches, is_main=env.is_main, world_size=env.world_size, extra_state=extra_state,
-        saved=periodic_checkpoints(config.workdir, config.global_name) if state is not None else None)
+        saved=periodic_checkpoints(config.workdir, config.global_name) if state is not None else None, stop=stop)
     callbacks: list[Any] = [
         DistributedTrainer(learn, env, sampler, point.epoch, sync_bn=config.training_sync_bn,
                            find_unused_parameters=config.training_find_unused_parameters),
@@ -289,10 +301,13 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     if state is not None and len(state.get('rng') or []) == env.world_size:
         restore_rng(state['rng'][env.rank])
     try:
-        learn.fit(epochs, lr=config.optimizer_lr, callbacks=callbacks)
+        with stop.deferred() if stop is not None else nullcontext():
+            learn.fit(epochs, lr=config.optimizer_lr, callbacks=callbacks)
     finally:
         if writer is not None:
             writer.close()
+    if stop is not None and stop.agreed(device):
+        _raise_interrupted(stop, iteration_cb)
     replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
                 f'{replaced} unreadable training sample(s) replaced' + (' on rank 0' if env.distributed else ''))
@@ -304,6 +319,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     return iteration_cb
 
 
+def _raise_interrupted(stop: StopSignal, iteration_cb: IterationCallback) -> None:
+    """Interrupted naming the step reached and the checkpoint that holds it."""
+    raise Interrupted(stop.signum, f' at iteration {iteration_cb.iteration}',
+                      checkpoint=iteration_cb.saved[-1] if iteration_cb.saved else None)
+
+
 def test(config: Config, device: torch.device, image_only: bool = False,
          env: DistEnv | None = None) -> list[dict[str, Any]]:
     """Evaluate every test root on its own and together; print and save the table and per-sample predictions.
@@ -312,12 +333,12 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     single-process run's exactly.
     """
     env = env or current_env(device)
-    logger = setup_rank_logger(config.workdir, 'test', env)
     if not (config.model_checkpoint or config.model_vision_checkpoint):
         raise ConfigError('the test phase needs a checkpoint: --checkpoint PATH (or model.checkpoint)')
     amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
+    logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()
     model = build_model(config)
     logger.info(f'evaluating {config.model_checkpoint or config.model_vision_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else ''))
@@ -326,6 +347,8 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     learn = build_learner(config, model, first, first, device)
     if amp:
         learn.callbacks.append(MixedPrecision(learn, amp, device.type))
+    if env.is_main:
+        set_aside_previous_results(config.workdir, logger)
     results = []
     for name, dl in loaders.items():
         result = evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
@@ -343,6 +366,26 @@ def test(config: Config, device: torch.device, image_only: bool = False,
                     f'{config.workdir / "predictions"}' + ('' if image_only else f', attention pictures in '
                                                             f'{config.workdir / "attention"}'))
     return rows
+
+
+TEST_OUTPUTS = ('test_results.csv', 'predictions', 'attention')
+
+
+def set_aside_previous_results(workdir: Path, logger: logging.Logger) -> list[Path]:
+    """Rename the outputs of an earlier test phase in `workdir` to `<name>-<its time>` (say so in the log), so a
+    new test run never overwrites them; returns the new names."""
+    found = [workdir / name for name in TEST_OUTPUTS if (workdir / name).exists()]
+    if not found:
+        return []
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(found[0].stat().st_mtime))
+    kept = []
+    for path in found:
+        target, k = path.with_name(f'{path.stem}-{stamp}{path.suffix}'), 1
+        while target.exists():
+            target, k = path.with_name(f'{path.stem}-{stamp}-{k}{path.suffix}'), k + 1
+        kept.append(path.rename(target))
+    logger.info(f'an earlier test run left results here; kept them as {", ".join(p.name for p in kept)}')
+    return kept
 
 
 def _dump_predictions(path: Path, result: EvalResult) -> None:
@@ -368,22 +411,39 @@ def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: Charse
         save_rgb(folder / f'{i:04d}.png', picture)
 
 
+def interrupt_line(e: Interrupted, command: list[str]) -> str:
+    """The one line a stopped run prints: what stopped it, what was saved, and how to continue."""
+    line = f'{signal_name(e.signum)} stopped the run{e}'
+    if e.checkpoint is None:
+        return line + '; nothing was saved'
+    return f'{line}; saved {e.checkpoint}; continue with: {resume_command(e.checkpoint, command)}'
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2."""
+    """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2, SIGINT /
+    SIGTERM with one line and 130 / 143 (training saves a resumable checkpoint first)."""
     args = parse_args(argv)
     env = None
+    stop = StopSignal()
     try:
-        config = build_config(args)
-        if config.global_malloc_tune:
-            tune_malloc()
-        env = setup_distributed()
-        if config.global_phase == 'train':
-            train(config, env.device, env)
-        else:
-            test(config, env.device, image_only=args.image_only, env=env)
+        with stop.installed():
+            config = build_config(args)
+            check_writable(config.workdir)
+            if config.global_malloc_tune:
+                tune_malloc()
+            env = setup_distributed()
+            if config.global_phase == 'train':
+                train(config, env.device, env, stop=stop)
+            else:
+                test(config, env.device, image_only=args.image_only, env=env)
+    except Interrupted as e:
+        if (env.rank if env is not None else process_rank()) == 0:
+            print(interrupt_line(e, sys.argv if argv is None else [__file__, *argv]), file=sys.stderr)
+        return e.exit_status
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
         rank = env.rank if env is not None else process_rank()
-        print(f'error: {e}' if rank == 0 else f'error (rank {rank}): {e}', file=sys.stderr)
+        message = one_line_error(e)
+        print(f'error: {message}' if rank == 0 else f'error (rank {rank}): {message}', file=sys.stderr)
         return 2
     finally:
         if is_distributed():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
+import signal
+import time
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import main
 from checkpoint import load_checkpoint
 from dataset import open_lmdb
+from stop_signal import Interrupted, StopSignal
 from tests.helpers import BENCHMARKS, render_lmdb, tiny_config
 from utils import Config
 
@@ -177,3 +181,32 @@ def test_checkpoint_that_does_not_fit_is_an_error(tmp_path, lmdbs, capsys):
     assert main.main(['--config', str(other_path), '--phase', 'test', '--checkpoint',
                       str(config.workdir / 'best-run.pth')]) == 2
     assert 'does not fit' in capsys.readouterr().err
+
+
+def test_signal_during_an_evaluation_abandons_it_and_saves_without_a_best(tmp_path, lmdbs, monkeypatch):
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=1000, eval_iters=3, save_iters=1000)
+    config = Config(path)
+    batches = []
+    real_evaluate = main.evaluate
+
+    def evaluate_then_interrupt(learn, dl, *args, should_stop=None, **kwargs):
+        def stop_after_first_batch():  # the signal arrives while the first evaluation batch runs
+            batches.append(1)
+            if len(batches) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            return should_stop()
+        return real_evaluate(learn, dl, *args, should_stop=stop_after_first_batch, **kwargs)
+
+    monkeypatch.setattr(main, 'evaluate', evaluate_then_interrupt)
+    stop = StopSignal()
+    with pytest.raises(Interrupted) as info, stop.installed():
+        main.train(config, torch.device('cpu'), stop=stop)
+    assert len(batches) == 1  # the 24 test images are 2 batches of 16: the second one never ran
+    assert info.value.signum == signal.SIGINT and info.value.checkpoint == config.workdir / 'run_0_3.pth'
+    assert load_checkpoint(info.value.checkpoint)['iteration'] == 3
+    assert not (config.workdir / 'best-run.pth').exists()  # a cut-short evaluation is never compared
+    log = (config.workdir / 'train.txt').read_text()
+    assert 'iter 3: evaluation abandoned (stopping)' in log and ' eval loss' not in log
+    assert 'stopped by SIGINT at iter 3' in log
