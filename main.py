@@ -260,7 +260,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     def run_eval(iteration: int) -> dict[str, float] | None:
         result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive,
                           should_stop=(lambda: stop.requested) if stop is not None else None)
-        if stop is not None and stop.agreed(device):  # a collective: every rank, every evaluation
+        if stop is not None and stop.agreed():  # a collective: every rank, every evaluation
             return None  # cut short: neither logged nor compared with the best
         if writer is not None:
             log_eval_images(writer, unwrap(learn.model), valid_set, charset, iteration)
@@ -306,7 +306,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     finally:
         if writer is not None:
             writer.close()
-    if stop is not None and stop.agreed(device):
+    if stop is not None and stop.agreed():
         _raise_interrupted(stop, iteration_cb)
     replaced = sum(ds.num_replaced for ds in train_set.datasets)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '

@@ -5,7 +5,9 @@
 Inside `deferred()` (the training loop) a signal only records itself; the loop asks `agreed()` at every step
 boundary, which in a distributed run is a collective so that every rank stops after the same step, even when the
 signal reached the ranks at different moments (a terminal signals the whole process group, torchrun forwards its
-own signal once more). Repeated signals change nothing: the stop is already under way.
+own signal once more). That collective is one integer over a gloo group on the CPU, so it never waits for the
+GPU's queue (an NCCL all_reduce read back on the host would, every step). Repeated signals change nothing: the
+stop is already under way.
 """
 
 from __future__ import annotations
@@ -95,17 +97,30 @@ class StopSignal:
         finally:
             self._deferring = False
 
-    def agreed(self, device: torch.device | None = None) -> bool:
+    def agreed(self) -> bool:
         """Whether any rank has a stop request (a collective in a distributed run: call it on every rank)."""
         code = self.signum or 0
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            value = torch.tensor([code], dtype=torch.int32, device=device or torch.device('cpu'))
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            value = torch.tensor([code], dtype=torch.int32)
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=cpu_group())
             code = int(value.item())
         if code:
             self.signum = self.signum or code
             self.stopped = True
         return self.stopped
+
+
+_CPU_GROUP: dict[str, Any] = {}
+
+
+def cpu_group() -> Any:
+    """A process group for small CPU collectives: the default one under gloo, else (NCCL) a gloo group made once,
+    by the first call, which every rank must reach in the same order as its other collectives."""
+    if dist.get_backend() == 'gloo':
+        return None  # the default group
+    if 'group' not in _CPU_GROUP:
+        _CPU_GROUP['group'] = dist.new_group(backend='gloo')
+    return _CPU_GROUP['group']
 
 
 def ignore_stop_signals() -> None:

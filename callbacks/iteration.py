@@ -108,7 +108,7 @@ class IterationCallback(LearnerCallback):
         self._last_end = time.perf_counter()
         if self.max_iters is not None and it >= self.max_iters:
             return {'stop_epoch': True, 'stop_training': True}
-        if self.stop is not None and self.stop.agreed(self._device()):  # a collective: every rank, every step
+        if self.stop is not None and self.stop.agreed():  # a CPU collective: every rank, every step
             return {'stop_epoch': True, 'stop_training': True}
         return None
 

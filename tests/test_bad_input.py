@@ -13,7 +13,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ import yaml
 import main
 from checkpoint import load_checkpoint
 from tests.cli_runner import Finished, Run, run
-from tests.helpers import TINY_VISION, render_lmdb
+from tests.helpers import TINY_VISION, free_port, render_lmdb
 from tools.create_lmdb_dataset import write_lmdb
 from tools.render_synthetic import find_fonts, render_word
 from utils import REPO_ROOT, Config
@@ -544,12 +543,6 @@ def test_row(name, world, tmp_path):
         assert row.check(done) is not False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_row_sigint_to_one_rank_stops_every_rank(world, tmp_path):
     """Two ranks (as torchrun starts them); SIGINT reaches rank 1 only: both stop after the same step, rank 0
     alone saves and prints the resume line."""
@@ -557,7 +550,7 @@ def test_row_sigint_to_one_rank_stops_every_rank(world, tmp_path):
     case.folder.mkdir()
     run_dir = case.workdir / 'run'
     path = case.config(lambda tree: tree['training'].update(max_iters=1000, eval_iters=1000, save_iters=1000))
-    env = {'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(_free_port())}
+    env = {'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port())}
     ranks = [Run('main.py', ['--config', path], tmp_path / f'rank{r}', dict(env, RANK=str(r), LOCAL_RANK=str(r)))
              for r in range(2)]
     ranks[0].wait_for(_log_has(run_dir / 'train.txt', 'iter 3: loss'))

@@ -15,6 +15,7 @@ import pytest
 
 import stop_signal
 from stop_signal import Interrupted, StopSignal, launcher_prefix, resume_command
+from tests.helpers import free_port
 
 
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -84,3 +85,32 @@ def test_resume_command_replaces_the_resume_flag(given, monkeypatch):
     command = shlex.split(resume_command('w/run_1_7.pth', ['main.py', '--config', 'a b.yaml', *given, '--debug']))
     assert command[1:] == ['main.py', '--config', 'a b.yaml', '--debug', '--resume', 'w/run_1_7.pth']
     assert command[0] in ('python', sys.executable)
+
+
+def _agree_in_rank(rank: int, port: int, side_group: bool, results) -> None:
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    if side_group:  # as under NCCL: the flag goes through a gloo group of its own
+        dist.get_backend = lambda group=None: 'nccl'
+    stop = StopSignal()
+    first = stop.agreed()  # nobody asked yet
+    if rank == 1:
+        stop.signum = signal.SIGTERM  # only rank 1 got the signal
+    second = stop.agreed()
+    results.put((rank, first, second, stop.signum, stop.stopped))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('side_group', [False, True], ids=['default-group', 'gloo-side-group'])
+def test_every_rank_agrees_to_stop_when_one_rank_got_the_signal(side_group):
+    context = multiprocessing.get_context('fork')
+    results = context.Queue()
+    port = free_port()
+    ranks = [context.Process(target=_agree_in_rank, args=(r, port, side_group, results)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=60) for _ in ranks)
+    for p in ranks:
+        p.join(30)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    assert got == [(0, False, True, signal.SIGTERM, True), (1, False, True, signal.SIGTERM, True)]
