@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -28,7 +28,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, 'module', model)
     state = {'model': model.state_dict(), 'opt': opt.state_dict() if opt is not None else None, **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(state, f)
@@ -39,6 +39,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new hidden file beside `path`, with the permissions the process umask gives any other output (mkstemp's
+    would be 0600)."""
+    while True:
+        tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 # Phrases of torch's weights-only unpickler when a file asks for a callable or class outside its allowlist.
@@ -54,6 +65,22 @@ def _unpickler_reason(message: str) -> str:
     return lines[0][:300] if lines else 'UnpicklingError'
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch could not read `path`: not a torch file at all (say what it looks like), or a damaged one."""
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if not head:
+        return f'{path} is empty, not a PyTorch checkpoint'
+    if not head.startswith((b'PK\x03\x04', b'\x80')):  # torch's zip container or a (legacy) binary pickle
+        try:
+            text = head.decode('utf-8')
+        except UnicodeDecodeError:
+            return f'{path} is not a PyTorch checkpoint (it starts with the bytes {head[:8].hex(" ")})'
+        if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
+            return f'{path} is a text file, not a PyTorch checkpoint (it starts with {text[:40]!r})'
+    return f'{path}: not a readable checkpoint, truncated or damaged ({type(error).__name__}: {error})'
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; refuse files that need pickle code execution."""
     path = Path(path)
@@ -66,9 +93,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         reason = _unpickler_reason(str(e))
         if any(marker in reason for marker in _CODE_MARKERS):
             raise CheckpointError(f'{path}: refused, loading it would execute pickled code ({reason})') from None
-        raise CheckpointError(f'{path}: not a readable checkpoint (UnpicklingError: {reason})') from None
+        raise CheckpointError(_unreadable(path, pickle.UnpicklingError(reason))) from None
     except Exception as e:  # truncated or not a torch file at all
-        raise CheckpointError(f'{path}: not a readable checkpoint ({type(e).__name__}: {e})') from None
+        raise CheckpointError(_unreadable(path, e)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: expected a dict, got {type(state).__name__}')
     return state
@@ -86,10 +113,20 @@ def model_state(state: dict[str, Any], path: str | os.PathLike = 'checkpoint') -
     return weights
 
 
-def _summarise(keys: Iterable[str], limit: int = 8) -> str:
+def _summarise(keys: Iterable[str], limit: int = 3) -> str:
     keys = sorted(keys)
     shown = ', '.join(keys[:limit])
     return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _misfit(path: str | os.PathLike, fitting: int, total: int, missing: list[str], unexpected: list[str],
+            mismatched: list[str]) -> str:
+    """One line on how a checkpoint does not fit the model: counts, the first few keys, and what to do."""
+    parts = [f'{name} {len(keys)} ({_summarise(keys)})' for name, keys in
+             (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
+    hint = ('this checkpoint was made with another model size: use the config it was trained with' if fitting
+            else 'none of its tensors belongs to this model: is it a checkpoint of ABINet-Vision or this project?')
+    return f'{path} does not fit the model ({fitting} of its {total} tensors fit); ' + '; '.join(parts) + f'; {hint}'
 
 
 # The public ConCLR reproduction names the projection head's layers `projection_head.head.*`, this project
@@ -139,7 +176,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     The reproduction's head keys are mapped onto this project's head (see `map_reproduction_head`); the head may
     be absent on one side only (see `optional_head_keys`). With `strict`, any other missing, unexpected or
     shape-mismatched key is an error listing them (under its name in the file); without it, only matching keys
-    are loaded. `log` (default: the project logger) gets one line per head translation.
+    are loaded, `log` (default: the project logger) gets how many were loaded, skipped and left at their initial
+    values, and a checkpoint of which nothing fits is an error. `log` also gets one line per head translation.
     """
     log = log or get_logger().info
     state = load_checkpoint(path)
@@ -151,13 +189,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     unexpected = [renamed.get(k, k) for k in weights if k not in own and k not in optional]
     mismatched = [f'{renamed.get(k, k)} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
                   for k in weights if k in own and weights[k].shape != own[k].shape]
-    if strict and (missing or unexpected or mismatched):
-        parts = [f'{name}: {_summarise(keys)}' for name, keys in
-                 (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
-        raise CheckpointError(f'{path} does not fit the model; ' + '; '.join(parts))
     loadable = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+    if (strict and (missing or unexpected or mismatched)) or not loadable:
+        raise CheckpointError(_misfit(path, len(loadable), len(weights), missing, unexpected, mismatched))
     target.load_state_dict(loadable, strict=False)
     if renamed and any(k in loadable for k in renamed):
         log(f'{path}: the ConCLR reproduction\'s projection head {REPRODUCTION_HEAD_PREFIX}* loaded as '
             f'{OWN_HEAD_PREFIX}* ({len(renamed)} tensors)')
+    if not strict:
+        log(f'{path} loaded with strict loading off: {len(loadable)} of the model\'s {len(own)} tensors loaded, '
+            f'{len(weights) - len(loadable)} of the checkpoint\'s {len(weights)} skipped (not in the model or '
+            f'another shape), {len(own) - len(loadable)} left at their initial values')
     return state

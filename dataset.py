@@ -5,15 +5,19 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
+import cv2.utils.logging as cv2_logging
 import lmdb
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from stop_signal import ignore_stop_signals
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
 
@@ -84,15 +88,42 @@ def close_lmdb(path: str | os.PathLike) -> None:
         env.close()
 
 
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """No OpenCV log lines (its decoders print their own complaint about a broken file) while the block runs."""
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2_logging.setLogLevel(level)
+
+
 def decode_image(data: bytes | None) -> np.ndarray | None:
-    """Encoded bytes -> H x W x 3 uint8 RGB (greyscale and RGBA converted), or None when undecodable."""
+    """Encoded bytes -> H x W x 3 uint8 RGB, or None when undecodable. Greyscale becomes RGB, 16-bit 8-bit, and
+    an alpha channel is composited over white (text on a transparent background stays readable)."""
     if not data:
         return None
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    with quiet_opencv():  # the caller reports an undecodable image in its own words
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # keeps alpha; no EXIF rotation
     if img is None or img.size == 0:
         return None
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return over_white(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def over_white(rgba: np.ndarray) -> np.ndarray:
+    """H x W x 4 uint8 RGBA composited over a white background -> H x W x 3 uint8 RGB (rounded)."""
+    alpha = rgba[..., 3:].astype(np.uint32)
+    mixed = rgba[..., :3].astype(np.uint32) * alpha + 255 * (255 - alpha)
+    return ((mixed + 127) // 255).astype(np.uint8)
 
 
 def resize_keep_ratio(img: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
@@ -287,6 +318,22 @@ def process_rank() -> int:
     return int(os.environ.get('RANK', 0))
 
 
+_WORKER_WRAPPER = re.compile(r'^Caught \w+ in DataLoader worker process \d+\.')
+
+
+def one_line_error(error: BaseException) -> str:
+    """The message of `error` without the traceback torch's DataLoader wraps around an error from a worker process.
+
+    A worker's exception reaches the main process as the same type whose message is 'Caught X in DataLoader worker
+    process k. Original Traceback ...', ending in the line 'module.X: original message'.
+    """
+    text = str(error)
+    if not _WORKER_WRAPPER.match(text):
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return re.sub(r'^[\w.]+: ', '', last, count=1)
+
+
 def limit_opencv_threads() -> None:
     """One OpenCV thread in this process and in the DataLoader workers it forks (they inherit the setting).
 
@@ -303,7 +350,8 @@ def seed_worker(worker_id: int) -> None:
     `limit_opencv_threads` in the parent for one OpenCV thread per worker).
 
     torch gives worker k the seed base_seed + k, with base_seed drawn in the main process: processes of a
-    distributed run that share a seed draw the same base_seed, so the rank is mixed in here.
+    distributed run that share a seed draw the same base_seed, so the rank is mixed in here. The worker also leaves
+    SIGINT / SIGTERM to the main process (stop_signal.ignore_stop_signals), which then stops training cleanly.
     """
     seq = np.random.SeedSequence([torch.initial_seed(), process_rank(), worker_id])
     low, high = (int(v) for v in seq.generate_state(2, np.uint32))
@@ -311,6 +359,7 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
     np.random.seed(low)
     torch.manual_seed(seed)
+    ignore_stop_signals()
 
 
 def shutdown_workers(loader: DataLoader) -> None:

@@ -11,12 +11,10 @@ import argparse
 import glob
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import cv2
-import cv2.utils.logging as cv2_logging
 import numpy as np
 import torch
 
@@ -160,17 +158,6 @@ def select_device(cuda: int) -> torch.device:
     return torch.device(f'cuda:{cuda}')
 
 
-@contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own decoder warnings: each bad file gets one warning line of ours instead."""
-    level = cv2_logging.getLogLevel()
-    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        cv2_logging.setLogLevel(level)
-
-
 @torch.no_grad()
 def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: CharsetMapper,
              device: torch.device, output: Path | None, batch_size: int = BATCH_SIZE) -> list[tuple[str, str, float]]:
@@ -181,19 +168,18 @@ def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: C
     used: set[str] = set()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-    with _quiet_opencv():
-        for batch in _batches(readable_images(files), batch_size):
-            small = [resized(image, config) for _, image in batch]
-            images = torch.stack([to_normalized_tensor(img) for img in small]).to(device)
-            out = model(images)
-            texts, confidences, _ = decode_logits(out['logits'], charset)
-            maps = attention_maps(out['attn_scores']) if output is not None else None  # one copy per batch
-            for k, ((path, _), text, conf) in enumerate(zip(batch, texts, confidences)):
-                print(f'{path}\t{text}\t{conf:.4f}', flush=True)
-                results.append((path, text, conf))
-                if maps is not None:
-                    picture = attention_picture(small[k], maps[k], text)
-                    save_rgb(output / picture_name(path, used), picture)
+    for batch in _batches(readable_images(files), batch_size):
+        small = [resized(image, config) for _, image in batch]
+        images = torch.stack([to_normalized_tensor(img) for img in small]).to(device)
+        out = model(images)
+        texts, confidences, _ = decode_logits(out['logits'], charset)
+        maps = attention_maps(out['attn_scores']) if output is not None else None  # one copy per batch
+        for k, ((path, _), text, conf) in enumerate(zip(batch, texts, confidences)):
+            print(f'{path}\t{text}\t{conf:.4f}', flush=True)
+            results.append((path, text, conf))
+            if maps is not None:
+                picture = attention_picture(small[k], maps[k], text)
+                save_rgb(output / picture_name(path, used), picture)
     return results
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from callbacks.metrics import TextAccuracy, WordMetrics
 from utils import CharsetMapper
 
 TABLE_COLUMNS = ('dataset', 'samples', 'left out', 'cwr', 'ccr', 'mean ned', '1-ned', 'ted', 'ted/w', 'eval loss')
+PERCENT_COLUMNS = ('cwr', 'ccr', 'mean ned', '1-ned')  # fractions in the rows, percent in the table and the CSV
 
 
 @dataclass
@@ -53,6 +55,17 @@ class _BatchLosses(LearnerCallback):
         self.sizes.append(int(target.shape[0]))
 
 
+class _StopCheck(LearnerCallback):
+    """Ends an evaluation early once `should_stop()` is true (a stop signal arrived); its result is then partial."""
+
+    def __init__(self, learn: Learner, should_stop: Callable[[], bool]):
+        super().__init__(learn)
+        self.should_stop = should_stop
+
+    def on_batch_end(self, **kwargs: Any) -> dict | None:
+        return {'stop_epoch': True} if self.should_stop() else None
+
+
 def weighted_loss(losses: list[float], sizes: list[int]) -> float:
     """Batch-size-weighted mean of per-batch losses, computed exactly as fastai's `validate` does (float32)."""
     if not sizes:
@@ -84,19 +97,22 @@ def _unwrapped(learn: Learner) -> Iterator[None]:
 
 
 def evaluate(learn: Learner, dl, charset: CharsetMapper, case_sensitive: bool = False, model_eval: str = 'vision',
-             record: bool = False, name: str = 'eval', left_out: int = 0) -> EvalResult:
+             record: bool = False, name: str = 'eval', left_out: int = 0,
+             should_stop: Callable[[], bool] | None = None) -> EvalResult:
     """Evaluate `learn`'s model on `dl` with the TextAccuracy metric; the model is left in eval mode.
 
     When `dl` draws its batches from a ShardedBatchSampler (a distributed run), every rank evaluates its share
     and the per-batch losses and per-sample predictions of all ranks are gathered and put back in single-process
     order before the metrics are computed, so the result equals a single-process evaluation exactly. Every rank
-    must call it then (it is a collective) and every rank gets the whole result.
+    must call it then (it is a collective) and every rank gets the whole result. With `should_stop`, the
+    evaluation ends after the batch at which it turns true (the result then covers only the batches done).
     """
     accuracy = TextAccuracy(learn, charset, case_sensitive, model_eval, record=True)
     batches = _BatchLosses(learn)
+    callbacks = [batches] + ([_StopCheck(learn, should_stop)] if should_stop is not None else [])
     with _unwrapped(learn):
         if len(dl):
-            learn.validate(dl=dl, callbacks=[batches], metrics=[accuracy])
+            learn.validate(dl=dl, callbacks=callbacks, metrics=[accuracy])
         else:  # a rank with no batch of its own (fewer batches than processes); fastai cannot validate nothing
             learn.model.eval()
     local = []
@@ -138,10 +154,8 @@ def _row(name: str, metrics: WordMetrics, loss: float, left_out: int) -> dict[st
 
 def format_table(rows: list[dict[str, float | int | str]]) -> str:
     """A fixed-width text table; cwr, ccr, mean ned and 1-ned in percent."""
-    percent = {'cwr', 'ccr', 'mean ned', '1-ned'}
-
     def cell(column: str, value: float | int | str) -> str:
-        if column in percent:
+        if column in PERCENT_COLUMNS:
             return f'{100 * float(value):.2f}'
         if column == 'ted':
             return f'{float(value):.0f}'
@@ -163,8 +177,12 @@ def format_table(rows: list[dict[str, float | int | str]]) -> str:
 
 
 def write_csv(rows: list[dict[str, float | int | str]], path: str | Path) -> None:
-    """Machine-readable copy of the table (fractions, not percent)."""
-    with open(path, 'w', newline='', encoding='utf-8') as f:
+    """Machine-readable copy of the table, in the table's units (cwr, ccr, mean ned, 1-ned in percent), written
+    to a temporary file and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: 100 * float(v) if k in PERCENT_COLUMNS else v for k, v in row.items()} for row in rows)
+    os.replace(tmp, path)

@@ -15,6 +15,8 @@ import importlib
 import logging
 import os
 import sys
+import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from dataset import (
     dataset_kwargs,
     get_dataset,
     limit_opencv_threads,
+    one_line_error,
     process_rank,
     seed_worker,
     shutdown_workers,
@@ -69,7 +72,8 @@ from losses.recognition import RecognitionLoss
 from memory_format import align_optimizer_state, enable_cudnn_autotune, weights_memory_format
 from modules.decoding import decode_logits
 from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
-from utils import CharsetMapper, Config, ConfigError, seed_everything, tune_malloc
+from stop_signal import Interrupted, StopSignal, resume_command, signal_name
+from utils import CharsetMapper, Config, ConfigError, check_writable, seed_everything, tune_malloc
 from visualization import attention_maps, attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
@@ -204,27 +208,31 @@ def _failure_hook(rank: int) -> list[Callback]:
     return [_FailAt(int(iteration))] if int(fail_rank) == rank else []
 
 
-def train(config: Config, device: torch.device, env: DistEnv | None = None) -> IterationCallback:
+def train(config: Config, device: torch.device, env: DistEnv | None = None,
+          stop: StopSignal | None = None) -> IterationCallback:
     """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots.
 
     In a distributed run (torchrun) every process calls it with its own `env`; `dataset.train.batch_size` is the
-    global batch, split evenly over the processes. `training.resume` continues an interrupted run.
+    global batch, split evenly over the processes. `training.resume` continues an interrupted run. With `stop`
+    (installed signal handlers), SIGINT / SIGTERM end training after the current step with one resumable
+    checkpoint and raise Interrupted.
     """
     env = env or current_env(device)
-    logger = setup_rank_logger(config.workdir, 'train', env)
-    logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
-    log_config_notes(config, env, logger)
     amp = amp_mode(config.training_amp)
     global_batch = config.dataset_train_batch_size
     batch = local_batch_size(global_batch, env.world_size)
-    if env.distributed:
-        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
-                    f'{global_batch} = {env.world_size} x {batch}')
     seed_everything(config.global_seed)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     train_set = get_dataset(config.dataset_train_roots, charset, True, **dataset_kwargs(config, True))
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
     valid_set = torch.utils.data.ConcatDataset(list(test_sets.values()))
+    # the log file only once the data opened: a start that fails on a missing LMDB leaves no train.txt behind
+    logger = setup_rank_logger(config.workdir, 'train', env)
+    logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
+    log_config_notes(config, env, logger)
+    if env.distributed:
+        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
+                    f'{global_batch} = {env.world_size} x {batch}')
     logger.info(f'training samples {len(train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(valid_set)} from {", ".join(test_sets)}')
     if len(train_set) < global_batch:
@@ -286,8 +294,11 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(config.workdir)) if env.is_main else None
 
-    def run_eval(iteration: int) -> dict[str, float]:
-        result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive)
+    def run_eval(iteration: int) -> dict[str, float] | None:
+        result = evaluate(learn, learn.data.valid_dl, charset, config.dataset_eval_case_sensitive,
+                          should_stop=(lambda: stop.requested) if stop is not None else None)
+        if stop is not None and stop.agreed():  # a collective: every rank, every evaluation
+            return None  # cut short: neither logged nor compared with the best
         if writer is not None:
             log_eval_images(writer, unwrap(learn.model), valid_set, charset, iteration)
         return {'loss': result.loss, **{k: v for k, v in result.metrics.summary().items() if k != 'words'}}
@@ -302,7 +313,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
         config.training_eval_iters, config.training_save_iters, point.iteration, config.training_max_iters,
         float(state.get('best_cwr', -1.0)) if state is not None else -1.0, start_epoch=point.epoch,
         start_batch=point.skip_batches, is_main=env.is_main, world_size=env.world_size, extra_state=extra_state,
-        saved=periodic_checkpoints(config.workdir, config.global_name) if state is not None else None)
+        saved=periodic_checkpoints(config.workdir, config.global_name) if state is not None else None, stop=stop)
     callbacks: list[Any] = [
         DistributedTrainer(learn, env, sampler, point.epoch, sync_bn=config.training_sync_bn,
                            find_unused_parameters=config.training_find_unused_parameters),
@@ -333,11 +344,14 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None) -> I
     if state is not None and len(state.get('rng') or []) == env.world_size:
         restore_rng(state['rng'][env.rank])
     try:
-        learn.fit(epochs, lr=config.optimizer_lr, callbacks=callbacks)
+        with stop.deferred() if stop is not None else nullcontext():
+            learn.fit(epochs, lr=config.optimizer_lr, callbacks=callbacks)
     finally:
         if writer is not None:
             writer.close()
         shutdown_workers(train_dl)  # the Learner's reference cycle would keep them alive after train() returns
+    if stop is not None and stop.agreed():
+        _raise_interrupted(stop, iteration_cb)
     logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
                 + replaced_summary(train_set, device))
     dump = os.environ.get(DUMP_FINAL_STATE_ENV)
@@ -356,6 +370,12 @@ def replaced_summary(train_set: Any, device: torch.device) -> str:
             f'unusable label), {int(small)} too small (a side of {SMALL_SIDE} px or less)')
 
 
+def _raise_interrupted(stop: StopSignal, iteration_cb: IterationCallback) -> None:
+    """Interrupted naming the step reached and the checkpoint that holds it."""
+    raise Interrupted(stop.signum, f' at iteration {iteration_cb.iteration}',
+                      checkpoint=iteration_cb.saved[-1] if iteration_cb.saved else None)
+
+
 def test(config: Config, device: torch.device, image_only: bool = False,
          env: DistEnv | None = None) -> list[dict[str, Any]]:
     """Evaluate every test root on its own and together; print and save the table and per-sample predictions.
@@ -364,12 +384,15 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     single-process run's exactly.
     """
     env = env or current_env(device)
-    logger = setup_rank_logger(config.workdir, 'test', env)
-    log_config_notes(config, env, logger)
-    use_best_checkpoint(config, logger)
+    best = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
     amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
+    logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()
+    log_config_notes(config, env, logger)
+    if best is not None:
+        config.model_checkpoint = str(best)
+        logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
     model = build_model(config)
     enable_cudnn_autotune(device)
     logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
@@ -379,6 +402,8 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     learn = build_learner(config, model, first, first, device)
     if amp:
         learn.callbacks.append(MixedPrecision(learn, amp, device.type))
+    if env.is_main:
+        set_aside_previous_results(config.workdir, logger)
     results = []
     for name, dl in loaders.items():
         result = evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
@@ -415,14 +440,6 @@ def checkpoint_to_test(config: Config) -> Path | None:
     return path
 
 
-def use_best_checkpoint(config: Config, logger: logging.Logger) -> None:
-    """Without `model.checkpoint`, set it to the run's best checkpoint and log that."""
-    path = checkpoint_to_test(config)
-    if path is not None:
-        config.model_checkpoint = str(path)
-        logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {path}')
-
-
 def log_config_notes(config: Config, env: DistEnv, logger: logging.Logger) -> None:
     """Log (rank 0) the config's translated upstream keys and how the processes were started."""
     if not env.is_main:
@@ -450,6 +467,26 @@ def processes_to_start(config: Config) -> tuple[int, str]:
     return count, why
 
 
+TEST_OUTPUTS = ('test_results.csv', 'predictions', 'attention')
+
+
+def set_aside_previous_results(workdir: Path, logger: logging.Logger) -> list[Path]:
+    """Rename the outputs of an earlier test phase in `workdir` to `<name>-<its time>` (say so in the log), so a
+    new test run never overwrites them; returns the new names."""
+    found = [workdir / name for name in TEST_OUTPUTS if (workdir / name).exists()]
+    if not found:
+        return []
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(found[0].stat().st_mtime))
+    kept = []
+    for path in found:
+        target, k = path.with_name(f'{path.stem}-{stamp}{path.suffix}'), 1
+        while target.exists():
+            target, k = path.with_name(f'{path.stem}-{stamp}-{k}{path.suffix}'), k + 1
+        kept.append(path.rename(target))
+    logger.info(f'an earlier test run left results here; kept them as {", ".join(p.name for p in kept)}')
+    return kept
+
+
 def _dump_predictions(path: Path, result: EvalResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'w', encoding='utf-8') as f:
@@ -474,28 +511,45 @@ def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: Charse
         save_rgb(folder / f'{i:04d}.png', picture)
 
 
+def interrupt_line(e: Interrupted, command: list[str]) -> str:
+    """The one line a stopped run prints: what stopped it, what was saved, and how to continue."""
+    line = f'{signal_name(e.signum)} stopped the run{e}'
+    if e.checkpoint is None:
+        return line + '; nothing was saved'
+    return f'{line}; saved {e.checkpoint}; continue with: {resume_command(e.checkpoint, command)}'
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2."""
+    """Entry point (plain or under torchrun); bad input ends with a one-line error and exit status 2, SIGINT /
+    SIGTERM with one line and 130 / 143 (training saves a resumable checkpoint first)."""
     args = parse_args(argv)
     env = None
     failed = True  # until the phase returns: a failed process aborts the group instead of a collective destroy
+    stop = StopSignal()
     try:
         config = build_config(args)
+        check_writable(config.workdir)
         processes, why = processes_to_start(config)
-        if processes > 1:
+        if processes > 1:  # the launching process only waits: each worker handles SIGINT / SIGTERM itself
             if config.global_phase == 'test':
                 checkpoint_to_test(config)  # a missing best checkpoint is an error before any worker starts
             return launch(processes, MAIN_SCRIPT, sys.argv[1:] if argv is None else list(argv), why)
-        if config.global_malloc_tune:
-            tune_malloc()
-        env = setup_distributed(timeout_s=config.global_dist_timeout)
-        if config.global_phase == 'train':
-            train(config, env.device, env)
-        else:
-            test(config, env.device, image_only=args.image_only, env=env)
+        with stop.installed():
+            if config.global_malloc_tune:
+                tune_malloc()
+            env = setup_distributed(timeout_s=config.global_dist_timeout)
+            if config.global_phase == 'train':
+                train(config, env.device, env, stop=stop)
+            else:
+                test(config, env.device, image_only=args.image_only, env=env)
         failed = False
+    except Interrupted as e:
+        failed = False  # every rank agreed to stop at the same step: the group ends normally
+        if (env.rank if env is not None else process_rank()) == 0:
+            print(interrupt_line(e, sys.argv if argv is None else [__file__, *argv]), file=sys.stderr)
+        return e.exit_status
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
-        report_error(str(e), env.rank if env is not None else process_rank())
+        report_error(one_line_error(e), env.rank if env is not None else process_rank())
         return 2
     finally:
         if is_distributed():

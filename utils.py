@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from config_aliases import AliasError, translate_aliases
+from config_ranges import coerce_number, range_problem
 
 REPO_ROOT = Path(__file__).resolve().parent
 TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
@@ -45,9 +47,23 @@ _ConfigLoader.add_constructor('tag:yaml.org,2002:python/tuple',
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML file safely (no arbitrary Python objects) into a dict."""
-    with open(path, encoding='utf-8') as f:
-        data = yaml.load(f, Loader=_ConfigLoader)
+    """Read a YAML file safely (no arbitrary Python objects) into a dict; a syntax error names file:line:column."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.load(f, Loader=_ConfigLoader)
+    except yaml.MarkedYAMLError as e:
+        mark, start = e.problem_mark or e.context_mark, e.context_mark
+        where = f'{path}:{mark.line + 1}:{mark.column + 1}' if mark is not None else str(path)
+        problem = e.problem or e.context or 'syntax error'
+        if e.context and e.problem and start is not None:
+            problem += f' ({e.context} that starts at {start.line + 1}:{start.column + 1})'
+        raise ConfigError(f'{where}: YAML error: {problem}') from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f'{path}: YAML error: {" ".join(str(e).split())}') from None
+    except UnicodeDecodeError:
+        raise ConfigError(f'{path}: not a UTF-8 text file') from None
+    except IsADirectoryError:
+        raise ConfigError(f'{path} is a folder, not a config file') from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -116,15 +132,19 @@ class Config:
         if key not in self._known:
             raise ConfigError(f'{source}: unknown key {key!r} (did you mean {self._nearest(key)!r}?)')
         default = self._known[key]
-        if key in _SCALAR_OR_LIST and isinstance(value, list):
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                return
-        if not _type_ok(default, value):
+        list_ok = key in _SCALAR_OR_LIST and isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not list_ok and not _type_ok(default, value):
             raise ConfigError(f'{source}: key {key!r} expects {type(default).__name__} '
                               f'(like {default!r}), got {type(value).__name__} {value!r}')
+        problem = range_problem(key, value)
+        if problem is not None:
+            raise ConfigError(f'{source}: key {key!r} {problem}')
 
     def update(self, values: dict[str, Any], source: str = 'config') -> None:
-        """Set several joined keys at once, each checked against the template."""
+        """Set several joined keys at once, each checked against the template (numeric strings of float keys,
+        such as YAML's `3e-4`, become floats)."""
+        values = {key: coerce_number(key, value) for key, value in values.items()}
         for key, value in values.items():
             self.check(key, value, source)
         self._values.update(values)
@@ -221,8 +241,29 @@ class CharsetMapper:
         return target, len(text) + 1
 
 
+class WorkdirError(ConfigError):
+    """The work directory cannot be written."""
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise WorkdirError unless a file can be created in `folder`, or, while it does not exist yet, in its nearest
+    existing parent (which is left untouched)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WorkdirError(f'work directory {folder}: {probe} is not a folder')
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        where = '' if probe == folder else f' (its parent {probe} cannot be written)'
+        raise WorkdirError(f'work directory {folder} is not writable{where}: {e.strerror}') from None
+
+
 def setup_logger(workdir: str | os.PathLike, phase: str, name: str = 'conclr') -> logging.Logger:
-    """Logger writing to stdout and `<workdir>/<phase>.txt` (train.txt or test.txt)."""
+    """Logger writing to stdout and `<workdir>/<phase>.txt` (train.txt or test.txt; created at the first message)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
@@ -231,7 +272,7 @@ def setup_logger(workdir: str | os.PathLike, phase: str, name: str = 'conclr') -
         handler.close()
     fmt = logging.Formatter('[%(asctime)s %(levelname)s] %(message)s', datefmt='%Y-%m-%d %H:%M:%S')
     for handler in (logging.StreamHandler(sys.stdout),
-                    logging.FileHandler(Path(workdir) / f'{phase}.txt', encoding='utf-8')):
+                    logging.FileHandler(Path(workdir) / f'{phase}.txt', encoding='utf-8', delay=True)):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     logger.propagate = False

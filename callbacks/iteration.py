@@ -19,6 +19,7 @@ from fastai.basic_train import Learner, LearnerCallback
 
 from callbacks.distributed import sum_tensor_across_ranks
 from checkpoint import save_checkpoint
+from stop_signal import StopSignal, signal_name
 
 KEEP_LAST = 5
 
@@ -92,6 +93,8 @@ class IterationCallback(LearnerCallback):
     epoch, and the batches of that epoch already trained). `extra_state()` returns more entries for every
     checkpoint (random states, sampler seed, ...); it is called on every rank at every save, so it may hold
     collectives. `saved` lists the periodic checkpoints already on disk, oldest first, for the keep-last-five rule.
+    With `stop`, a SIGINT / SIGTERM ends training after the current step with one periodic (resumable) checkpoint
+    and no evaluation; `evaluate` returns None when a stop cut an evaluation short.
     Every `show_iters` window also reports the time spent waiting for data (from the end of one batch to the
     start of the next, batch-level augmentation such as ConAug included) versus computing.
     """
@@ -99,11 +102,11 @@ class IterationCallback(LearnerCallback):
     _order = 10  # after the loss-producing callbacks
 
     def __init__(self, learn: Learner, name: str, workdir: str | Path, logger: logging.Logger,
-                 evaluate: Callable[[int], dict[str, float]], writer: Any = None, show_iters: int = 50,
+                 evaluate: Callable[[int], dict[str, float] | None], writer: Any = None, show_iters: int = 50,
                  eval_iters: int = 3000, save_iters: int = 3000, start_iter: int = 0, max_iters: int | None = None,
                  best_cwr: float = -1.0, *, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
                  world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
-                 saved: list[Path] | None = None):
+                 saved: list[Path] | None = None, stop: StopSignal | None = None):
         super().__init__(learn)
         self.name, self.workdir, self.logger = name, Path(workdir), logger
         self.evaluate, self.writer = evaluate, writer
@@ -112,6 +115,7 @@ class IterationCallback(LearnerCallback):
         self.start_epoch, self.start_batch = start_epoch, start_batch
         self.is_main, self.world_size = is_main, world_size
         self.extra_state = extra_state
+        self.stop = stop
         self.iteration = start_iter
         self.epoch = start_epoch
         self.batch_in_epoch = start_batch
@@ -158,15 +162,20 @@ class IterationCallback(LearnerCallback):
         self._last_end = time.perf_counter()
         if self.max_iters is not None and it >= self.max_iters:
             return {'stop_epoch': True, 'stop_training': True}
+        if self.stop is not None and self.stop.agreed():  # a CPU collective: every rank, every step
+            return {'stop_epoch': True, 'stop_training': True}
         return None
 
     def on_epoch_end(self, **kwargs: Any) -> dict:
         stop = self.max_iters is not None and self.iteration >= self.max_iters
-        return {'stop_training': stop}
+        return {'stop_training': stop or (self.stop is not None and self.stop.stopped)}
 
     def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
         if exception:
             self.logger.error(f'training stopped by {type(exception).__name__}: {exception}')
+            return
+        if self.stop is not None and self.stop.stopped:
+            self._save_on_stop()
             return
         if len(self._window):
             self._log_train()
@@ -176,6 +185,15 @@ class IterationCallback(LearnerCallback):
             self._save_periodic()
         if self.writer is not None:
             self.writer.flush()
+
+    def _save_on_stop(self) -> None:
+        """After SIGINT / SIGTERM: log the partial window and save one resumable checkpoint, without evaluating."""
+        if len(self._window):
+            self._log_train()
+        if not self.saved or not self.saved[-1].name.endswith(f'_{self.iteration}.pth'):
+            self._save_periodic()
+        self.logger.info(f'stopped by {signal_name(self.stop.signum)} at iter {self.iteration}: '
+                         f'{self.saved[-1]} holds this point; no evaluation')
 
     def _lr(self) -> float:
         return float(self.learn.opt.lr)
@@ -207,6 +225,9 @@ class IterationCallback(LearnerCallback):
         start = time.perf_counter()
         result = self.evaluate(self.iteration)
         self.learn.model.train()
+        if result is None:
+            self.logger.info(f'epoch {self.epoch} iter {self.iteration}: evaluation abandoned (stopping)')
+            return
         result = {'iteration': self.iteration, **result}
         self.history.append(result)
         shown = ', '.join(f'{k} = {v:.4f}' for k, v in result.items() if k != 'iteration')

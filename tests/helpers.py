@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from pathlib import Path
 
 import cv2
@@ -78,3 +79,10 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

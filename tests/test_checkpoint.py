@@ -1,5 +1,6 @@
 """Checkpoints: atomic saving, weights_only loading, key-checked loading of ABINet and ConCLR files."""
 
+import os
 import pickle
 from pathlib import Path
 
@@ -299,13 +300,16 @@ def test_code_executing_checkpoint_is_refused(tmp_path, config, fmt):
 def test_truncated_and_foreign_files_are_refused(tmp_path, config):
     path = save_checkpoint(tmp_path / 'a.pth', fresh(BaseVision, config, 0))
     data = path.read_bytes()
-    for name, content in (('half.pth', data[:len(data) // 2]), ('head.pth', data[:100]), ('empty.pth', b''),
-                          ('text.pth', b'not a checkpoint\n')):
+    for name, content, says in (('half.pth', data[:len(data) // 2], 'truncated or damaged'),
+                                ('head.pth', data[:100], 'truncated or damaged'), ('empty.pth', b'', 'is empty'),
+                                ('text.pth', b'not a checkpoint\n', "a text file, not a PyTorch checkpoint (it starts "
+                                                                     "with 'not a checkpoint\\n')"),
+                                ('noise.pth', bytes([7, 200, 3, 250, 1, 2, 3, 4, 5]), 'the bytes 07 c8 03 fa')):
         bad = tmp_path / name
         bad.write_bytes(content)
         with pytest.raises(CheckpointError, match=name) as info:
             load_checkpoint(bad)
-        assert 'not a readable checkpoint' in str(info.value)  # garbage is not reported as unsafe code
+        assert says in str(info.value) and 'code' not in str(info.value)  # garbage is not reported as unsafe code
     with pytest.raises(CheckpointError, match='not found'):
         load_checkpoint(tmp_path / 'absent.pth')
 
@@ -334,3 +338,61 @@ def test_crash_mid_save_keeps_previous_file(tmp_path, config, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.suffix != '.yaml'] == ['last.pth']
     monkeypatch.undo()
     assert load_checkpoint(path)['model'].keys() == fresh(BaseVision, config, 2).state_dict().keys()
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027, 0o077])
+def test_checkpoint_files_get_the_process_umask(tmp_path, config, umask):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / f'{umask:o}.pth', fresh(BaseVision, config, 0))
+        other = tmp_path / 'other.txt'
+        other.write_text('x')  # what any other output of the process gets
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == other.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_strict_off_reports_loaded_skipped_and_initial_counts(tmp_path, config):
+    weights = fresh(BaseVision, config, 0).state_dict()
+    weights['cls.weight'] = torch.randn(40, 16)  # another shape: skipped
+    del weights['cls.bias']  # missing: stays initial
+    weights['decoder.extra.weight'] = torch.zeros(2)  # not in the model: skipped
+    path = tmp_path / 'partial.pth'
+    torch.save({'model': weights}, path)
+    lines = []
+    dst = fresh(BaseVision, config, 1)
+    load_weights(dst, path, strict=False, log=lines.append)
+    own = len(dst.state_dict())
+    assert lines == [f"{path} loaded with strict loading off: {own - 2} of the model's {own} tensors loaded, "
+                     f"2 of the checkpoint's {own} skipped (not in the model or another shape), 2 left at their "
+                     'initial values']
+
+
+def test_strict_off_refuses_a_checkpoint_of_which_nothing_fits(tmp_path, config):
+    path = tmp_path / 'foreign.pth'
+    torch.save({'model': {'encoder.weight': torch.zeros(3, 3), 'head.bias': torch.zeros(3)}}, path)
+    dst = fresh(BaseVision, config, 1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_weights(dst, path, strict=False)
+    assert f'{path} does not fit the model (0 of its 2 tensors fit)' in str(info.value)
+    assert 'none of its tensors belongs to this model' in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
+
+
+def test_checkpoint_of_another_model_size_says_so_with_counts(tmp_path, config):
+    path = save_checkpoint(tmp_path / 'small.pth', fresh(BaseVision, config, 0))
+    wider = yaml.safe_load(Path(config.path).read_text())
+    wider['model']['vision'].update(d_model=32, d_inner=64, resnet_widths=[4, 8, 8, 16, 32])
+    (tmp_path / 'wider.yaml').write_text(yaml.safe_dump(wider))
+    target = BaseVision(Config(tmp_path / 'wider.yaml'))
+    small, big = load_checkpoint(path)['model'], target.state_dict()
+    other_shape = sorted(k for k in small if small[k].shape != big[k].shape)
+    assert set(small) == set(big) and len(other_shape) > 3
+    with pytest.raises(CheckpointError) as info:
+        load_weights(target, path)
+    message = str(info.value)
+    assert message.startswith(f'{path} does not fit the model ({len(small) - len(other_shape)} of its {len(small)} '
+                              f'tensors fit); shape mismatch {len(other_shape)} ({other_shape[0]} ')
+    assert f'(+{len(other_shape) - 3} more)' in message and len(message) < 600
+    assert message.endswith('this checkpoint was made with another model size: use the config it was trained with')

@@ -11,7 +11,16 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 import main
-from dataset import DatasetError, DatasetNotFoundError, ImageDataset, dataset_kwargs, get_dataset
+from dataset import (
+    DatasetError,
+    DatasetNotFoundError,
+    ImageDataset,
+    dataset_kwargs,
+    decode_image,
+    get_dataset,
+    one_line_error,
+    seed_worker,
+)
 from tools.create_lmdb_dataset import write_lmdb
 from utils import REPO_ROOT, CharsetMapper, Config
 
@@ -70,6 +79,47 @@ def test_grayscale_png_becomes_rgb(tmp_path, charset):
     expected = _normalised((77, 77, 77))
     for c in range(3):
         assert torch.allclose(image[c], torch.full((32, 128), float(expected[c])), atol=1e-5)
+
+
+def test_transparent_png_is_composited_over_white():
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (6, 9, 4), dtype=np.uint8)
+    rgba[0, :, 3], rgba[1, :, 3] = 0, 255  # fully transparent and fully opaque rows
+    png = cv2.imencode('.png', cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))[1].tobytes()
+    got = decode_image(png)
+    expected = np.zeros((6, 9, 3), dtype=np.uint8)
+    for y in range(6):
+        for x in range(9):
+            a = int(rgba[y, x, 3]) / 255
+            for c in range(3):  # colour * alpha + white * (1 - alpha), rounded half up
+                expected[y, x, c] = int(rgba[y, x, c] * a + 255 * (1 - a) + 0.5)
+    assert got.shape == (6, 9, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - expected).max() <= 1 and (got[0] == 255).all()
+    assert np.array_equal(got[1], rgba[1, :, :3])
+
+
+def test_sixteen_bit_png_becomes_8_bit_and_an_invisible_one_white():
+    deep = np.full((4, 5, 3), 40000, dtype=np.uint16)
+    assert (decode_image(cv2.imencode('.png', deep)[1].tobytes()) == 40000 >> 8).all()
+    invisible = np.zeros((4, 5, 4), dtype=np.uint8)  # black at alpha 0
+    assert (decode_image(cv2.imencode('.png', invisible)[1].tobytes()) == 255).all()
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise DatasetError(f'/data/lmdb: image {i + 1} (image-{i + 1:09d}) cannot be decoded: a: b')
+
+
+def test_error_from_a_worker_process_becomes_its_own_message():
+    loader = DataLoader(_Broken(), batch_size=2, num_workers=1, worker_init_fn=seed_worker)
+    with pytest.raises(DatasetError) as err:
+        next(iter(loader))
+    assert 'Traceback' in str(err.value)  # what torch hands over
+    assert one_line_error(err.value) == '/data/lmdb: image 1 (image-000000001) cannot be decoded: a: b'
+    assert one_line_error(ValueError('plain: message')) == 'plain: message'
 
 
 def test_resize_is_bilinear_straight_to_size(tmp_path, charset):

@@ -7,8 +7,10 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -20,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import main
 from checkpoint import load_checkpoint
 from dataset import open_lmdb
+from stop_signal import Interrupted, StopSignal
 from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
 from utils import REPO_ROOT, Config, load_yaml
 
@@ -287,3 +290,32 @@ def test_training_loader_workers_end_with_train(tmp_path, lmdbs):
     assert callback.iteration == 4
     left = [p for p in multiprocessing.active_children() if p.pid not in before]
     assert left == [], f'{len(left)} loader worker process(es) still alive after train() returned'
+
+
+def test_signal_during_an_evaluation_abandons_it_and_saves_without_a_best(tmp_path, lmdbs, monkeypatch):
+    train_root, test_root = lmdbs
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=1000, eval_iters=3, save_iters=1000)
+    config = Config(path)
+    batches = []
+    real_evaluate = main.evaluate
+
+    def evaluate_then_interrupt(learn, dl, *args, should_stop=None, **kwargs):
+        def stop_after_first_batch():  # the signal arrives while the first evaluation batch runs
+            batches.append(1)
+            if len(batches) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            return should_stop()
+        return real_evaluate(learn, dl, *args, should_stop=stop_after_first_batch, **kwargs)
+
+    monkeypatch.setattr(main, 'evaluate', evaluate_then_interrupt)
+    stop = StopSignal()
+    with pytest.raises(Interrupted) as info, stop.installed():
+        main.train(config, torch.device('cpu'), stop=stop)
+    assert len(batches) == 1  # the 24 test images are 2 batches of 16: the second one never ran
+    assert info.value.signum == signal.SIGINT and info.value.checkpoint == config.workdir / 'run_0_3.pth'
+    assert load_checkpoint(info.value.checkpoint)['iteration'] == 3
+    assert not (config.workdir / 'best-run.pth').exists()  # a cut-short evaluation is never compared
+    log = (config.workdir / 'train.txt').read_text()
+    assert 'iter 3: evaluation abandoned (stopping)' in log and ' eval loss' not in log
+    assert 'stopped by SIGINT at iter 3' in log

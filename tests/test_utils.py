@@ -1,5 +1,6 @@
 """Config merging and errors, charset mapping, logger, malloc tuning."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_config
-from utils import REPO_ROOT, CharsetMapper, Config, ConfigError, setup_logger
+from utils import REPO_ROOT, CharsetMapper, Config, ConfigError, WorkdirError, check_writable, setup_logger
 
 
 def test_defaults_are_the_official_ones_and_joined_keys_work():
@@ -179,3 +180,41 @@ def test_tune_malloc_keeps_freed_memory(mode):
                          check=True).stdout
     kept = float(out.strip().splitlines()[-1])
     assert kept > 200 if mode == 'tuned' else kept < 50
+
+
+@pytest.mark.parametrize('text, where, says', [
+    ('dataset:\n  train:\n    roots: [a, b\n', '4:1', "expected ',' or ']'"),  # the list opened at 3:12
+    ('training:\n  epochs: 3\n max_iters: 5\n', '3:2', 'expected <block end>'),
+    ('global:\n  name: "run\n', '3:1', 'unexpected end of stream'),
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, where, says):
+    path = tmp_path / 'c.yaml'
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Config(path)
+    message = str(info.value)
+    assert message.startswith(f'{path}:{where}: YAML error: ') and says in message and '\n' not in message
+
+
+def test_config_that_is_not_text_or_not_a_file_is_one_line(tmp_path):
+    (tmp_path / 'bin.yaml').write_bytes(b'\xff\xfe\x00binary')
+    with pytest.raises(ConfigError, match='not a UTF-8 text file'):
+        Config(tmp_path / 'bin.yaml')
+    with pytest.raises(ConfigError, match='is a folder'):
+        Config(tmp_path)
+
+
+def test_writable_check_creates_nothing_and_names_the_folder(tmp_path):
+    check_writable(tmp_path)
+    check_writable(tmp_path / 'a' / 'b')  # the nearest existing parent is writable
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(WorkdirError, match=f'{tmp_path / "file" / "run"}: {tmp_path / "file"} is not a folder'):
+        check_writable(tmp_path / 'file' / 'run')
+    if os.geteuid() == 0:  # permission bits do not stop root; sysfs takes no new file from anyone
+        unwritable = Path('/sys')
+    else:
+        unwritable = tmp_path / 'ro'
+        unwritable.mkdir(mode=0o555)
+    with pytest.raises(WorkdirError, match=f'work directory {unwritable / "w"} is not writable'):
+        check_writable(unwritable / 'w')

@@ -120,13 +120,28 @@ def read_gt_file(gt_file: str | os.PathLike) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_samples(input_dir: Path, pairs: list[tuple[str, str]]) -> Iterator[tuple[bytes, str]]:
+def _read_samples(input_dir: Path, pairs: list[tuple[str, str]], check_images: bool = True
+                  ) -> Iterator[tuple[bytes, str]]:
+    """(image bytes, label) of every readable file of `pairs`; a warning naming the file for each one skipped."""
     for rel_path, label in pairs:
         path = input_dir / rel_path
         if not path.is_file():
             warnings.warn(f'{path} does not exist; skipped', stacklevel=2)
             continue
-        yield path.read_bytes(), label
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            warnings.warn(f'{path} cannot be read ({e.strerror}); skipped', stacklevel=2)
+            continue
+        if check_images and not image_decodes(data):
+            warnings.warn(f'{path} (label {label!r}) is not a decodable image; skipped', stacklevel=2)
+            continue
+        yield data, label
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f'warning: {message}\n'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         pairs = read_gt_file(gt_file)
-        count = write_lmdb(args.output, _read_samples(input_dir, pairs), check_images=not args.no_check,
-                           overwrite=args.overwrite)
-    except (ValueError, FileExistsError, UnicodeDecodeError) as e:
+        # images are checked while read, where the file name is known
+        count = write_lmdb(args.output, _read_samples(input_dir, pairs, check_images=not args.no_check),
+                           check_images=False, overwrite=args.overwrite)
+    except (ValueError, OSError, lmdb.Error) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'wrote {count} of {len(pairs)} samples to {args.output}')
@@ -158,4 +174,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+    warnings.formatwarning = _one_line_warning  # the command line shows each skipped file on one line
     sys.exit(main())

@@ -31,6 +31,9 @@ INPUT_NAME = 'images'
 OUTPUT_NAMES = ('logits', 'attn_scores', 'pt_lengths')
 EXPORT_BATCH = 2
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
+# --check fails when an output's max abs difference exceeds this fraction of that output's largest PyTorch value
+# (float32 arithmetic in another order differs by about 1e-7 relative; a wrongly exported op by far more)
+TOLERANCE = 1e-4
 
 
 class OnnxVision(nn.Module):
@@ -87,19 +90,45 @@ def run_onnx(path: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def check_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int], batch_size: int = CHECK_BATCH,
-               seed: int = 0) -> dict[str, float]:
-    """Max absolute difference of each output between PyTorch and onnxruntime on a random batch."""
+def compare_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int], batch_size: int = CHECK_BATCH,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Per output, on a random batch: (max absolute difference between PyTorch and onnxruntime, max absolute
+    PyTorch value)."""
     images = torch.randn(batch_size, 3, *image_size, generator=torch.Generator().manual_seed(seed))
     reference = OnnxVision(model).eval()(images)
     outputs = run_onnx(path, images.numpy())
-    diffs = {}
+    compared = {}
     for name, ref in zip(OUTPUT_NAMES, reference):
         got = outputs[name]
         if got.shape != tuple(ref.shape):
             raise ValueError(f'ONNX output {name} has shape {got.shape}, PyTorch {tuple(ref.shape)}')
-        diffs[name] = float(np.abs(got.astype(np.float64) - ref.double().numpy()).max())
-    return diffs
+        ref64 = ref.double().numpy()
+        compared[name] = (float(np.abs(got.astype(np.float64) - ref64).max()), float(np.abs(ref64).max()))
+    return compared
+
+
+def check_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int], batch_size: int = CHECK_BATCH,
+               seed: int = 0) -> dict[str, float]:
+    """Max absolute difference of each output between PyTorch and onnxruntime on a random batch."""
+    return {name: diff for name, (diff, _) in compare_onnx(model, path, image_size, batch_size, seed).items()}
+
+
+def relative_differences(compared: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each output's max absolute difference over its largest absolute PyTorch value (the difference itself when
+    that value is 0)."""
+    return {name: diff / scale if scale > 0 else diff for name, (diff, scale) in compared.items()}
+
+
+def check_line(compared: dict[str, tuple[float, float]], tolerance: float) -> tuple[bool, str]:
+    """Whether every output is within `tolerance` (relative), and the line that says so."""
+    relative = relative_differences(compared)
+    worst = max(relative, key=relative.get)
+    ok = relative[worst] <= tolerance
+    line = (f'max abs difference to PyTorch (batch of {CHECK_BATCH}): '
+            + ', '.join(f'{name} {diff:.3g}' for name, (diff, _) in compared.items())
+            + f'; largest relative {relative[worst]:.3g} ({worst}), tolerance {tolerance:g}: '
+            + ('OK' if ok else 'FAILED'))
+    return ok, line
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -110,12 +139,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--output', required=True, help='.onnx file to write')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset version')
     parser.add_argument('--check', action='store_true', help=f'compare with PyTorch in onnxruntime on a random '
-                        f'batch of {CHECK_BATCH} (exported with {EXPORT_BATCH})')
+                        f'batch of {CHECK_BATCH} (exported with {EXPORT_BATCH}); exit status 1 when an output differs '
+                        'by more than --tolerance')
+    parser.add_argument('--tolerance', type=float, default=TOLERANCE, help='largest allowed max abs difference of '
+                        "an output, as a fraction of that output's largest PyTorch value (default %(default)g)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one `error:` line on stderr and exit status 2."""
+    """Entry point; bad input ends with one `error:` line on stderr and exit status 2, a failed --check with
+    exit status 1."""
     args = parse_args(argv)
     try:
         config = Config(args.config)
@@ -125,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'wrote {path} (opset {args.opset}, input {INPUT_NAME} N x 3 x {size[0]} x {size[1]}, outputs '
               f'{", ".join(OUTPUT_NAMES)})')
         if args.check:
-            diffs = check_onnx(model, path, size)
-            print('max abs difference to PyTorch (batch of %d): %s' % (
-                CHECK_BATCH, ', '.join(f'{k} {v:.3g}' for k, v in diffs.items())))
+            ok, line = check_line(compare_onnx(model, path, size), args.tolerance)
+            print(line)
+            if not ok:
+                print(f'error: {path} does not match PyTorch within the tolerance ({line.rsplit("; ", 1)[1]})',
+                      file=sys.stderr)
+                return 1
     except (DemoError, ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

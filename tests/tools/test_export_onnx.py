@@ -84,3 +84,32 @@ def test_command_line_exports_a_conclr_checkpoint(tmp_path, capsys):
     status = export_onnx.main(['--config', str(write_config(tmp_path)), '--checkpoint', str(tmp_path / 'no.pth'),
                                '--output', str(tmp_path / 'x.onnx')])
     assert status != 0 and 'not found' in capsys.readouterr().err
+
+
+def test_check_line_compares_each_output_relative_to_its_largest_value():
+    compared = {'logits': (2e-4, 10.0), 'attn_scores': (5e-5, 1.0), 'pt_lengths': (0.0, 26.0)}
+    ok, line = export_onnx.check_line(compared, tolerance=1e-4)
+    # relative: logits 2e-4 / 10 = 2e-5, attn_scores 5e-5 / 1 = 5e-5 (the largest), pt_lengths 0
+    assert ok and line.endswith('largest relative 5e-05 (attn_scores), tolerance 0.0001: OK')
+    ok, line = export_onnx.check_line({**compared, 'pt_lengths': (1.0, 26.0)}, tolerance=1e-4)
+    assert not ok and 'largest relative 0.0385 (pt_lengths)' in line and line.endswith('FAILED')
+    assert export_onnx.relative_differences({'zeros': (3e-7, 0.0)}) == {'zeros': 3e-7}
+
+
+def test_check_above_the_tolerance_fails_with_one_line(tmp_path, capsys, monkeypatch):
+    checkpoint = save_checkpoint(tmp_path / 'vision.pth', randomise(BaseVision(Config(write_config(tmp_path)))))
+    run_onnx = export_onnx.run_onnx
+
+    def off_by_a_little(path, images):  # an exported graph whose attention is slightly wrong
+        outputs = run_onnx(path, images)
+        outputs['attn_scores'] = outputs['attn_scores'] * 1.01
+        return outputs
+
+    monkeypatch.setattr(export_onnx, 'run_onnx', off_by_a_little)
+    args = ['--config', str(write_config(tmp_path)), '--checkpoint', str(checkpoint), '--output',
+            str(tmp_path / 'm.onnx'), '--check']
+    assert export_onnx.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'error: {tmp_path / "m.onnx"} does not match PyTorch within the tolerance (largest '
+                          'relative ') and '(attn_scores), tolerance 0.0001: FAILED)' in err and '\n' not in err
+    assert export_onnx.main([*args, '--tolerance', '0.02']) == 0  # a looser tolerance accepts the 1 % error
