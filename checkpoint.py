@@ -24,10 +24,15 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, **extra: Any) -> Path:
     """Write {'model', 'opt', **extra} to `path` atomically: a crash mid-save never leaves a broken file there."""
+    model = getattr(model, 'module', model)
+    return write_atomically(path, {'model': model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
+                                   **extra})
+
+
+def write_atomically(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """torch.save `state` to `path` through a temporary file and a rename, so `path` is never half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, 'module', model)
-    state = {'model': model.state_dict(), 'opt': opt.state_dict() if opt is not None else None, **extra}
     fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, 'wb') as f:

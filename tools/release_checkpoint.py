@@ -1,0 +1,55 @@
+"""Turn a training checkpoint into a small release file: the model weights only (no optimiser state, no RNG state),
+written atomically, with its size and sha256 printed for the README.
+
+    python tools/release_checkpoint.py --checkpoint log/shipped/x/x_2_6000.pth --output checkpoints/x.pth
+
+The release keeps `iteration` and `best_cwr` for the record; it loads with `weights_only=True` like any checkpoint
+(`--checkpoint` of main.py and demo.py, or `model.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically  # noqa: E402
+
+KEPT = ('iteration', 'best_cwr')
+
+
+def release_state(state: dict) -> dict:
+    """The release contents of a loaded checkpoint: {'model': weights, 'opt': None} plus the keys in KEPT."""
+    return {'model': model_state(state), 'opt': None, **{k: state[k] for k in KEPT if k in state}}
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--checkpoint', required=True, help='training checkpoint to release')
+    parser.add_argument('--output', required=True, help='release file to write')
+    args = parser.parse_args(argv)
+    try:
+        state = release_state(load_checkpoint(args.checkpoint))
+    except CheckpointError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    path = write_atomically(args.output, state)
+    print(f'{path}\t{path.stat().st_size / 1e6:.2f} MB\tsha256 {sha256(path)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
