@@ -89,13 +89,13 @@ def save_command(cmd: list[str], path: Path) -> None:
 def install(wheels: Path, site: Path, pip_online: bool, log: Path) -> list[str]:
     """Install every wheel of `wheels` (else, with pip_online, the missing packages from the index) into `site`
     with --no-deps; returns what was installed."""
-    from gpu_check import WHEELS  # the pinned list, shared with --fetch_wheels
-
     files = sorted(str(p) for p in wheels.glob('*.whl')) if wheels.is_dir() else []
     if files:
         targets = files
         extra = ['--no-index']
     elif pip_online:
+        from tools.gpu_check import WHEELS  # the pinned list, shared with --fetch_wheels (standard library only)
+
         targets, extra = list(WHEELS), []
     else:
         return []
@@ -111,6 +111,7 @@ def install(wheels: Path, site: Path, pip_online: bool, log: Path) -> list[str]:
 def part_setup(args: argparse.Namespace) -> bool:
     """Record the environment; install what is missing; check that the project imports."""
     out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
     save_command(['nvidia-smi'], out / 'nvidia-smi.txt')
     save_command([sys.executable, '-m', 'pip', 'list', '--disable-pip-version-check'], out / 'pip-list.txt')
     env = dict(os.environ)
@@ -303,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     args.site = args.site or str(Path(args.work) / 'site')
-    if args.part == 'setup':
-        sys.path.insert(0, str(REPO_ROOT / 'tools'))
-        return 0 if part_setup(args) else 1
     sys.path.insert(0, str(REPO_ROOT))
+    if args.part == 'setup':
+        return 0 if part_setup(args) else 1
     import fastai_compat  # noqa: F401  (before fastai)
 
     return 0 if {'train': part_train, 'study': part_study}[args.part](args) else 1

@@ -184,3 +184,43 @@ def test_study_iters_and_fallback_batches():
     assert P.study_iters(160) == 200 and P.study_iters(50) == 20 and P.study_iters(1000) == 450
     assert B.fallback_batches(384) == [384, 256, 192, 128, 96, 64, 48]
     assert B.fallback_batches(2) == [2, 1]
+
+
+def make_wheel(folder, name: str = 'gpu_check_demo_pkg', version: str = '0.1'):
+    """A minimal pure-Python wheel whose module says it was installed."""
+    import zipfile
+
+    dist = f'{name}-{version}.dist-info'
+    files = {f'{name}/__init__.py': 'INSTALLED = True\n',
+             f'{dist}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+             f'{dist}/WHEEL': 'Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
+    files[f'{dist}/RECORD'] = ''.join(f'{path},,\n' for path in [*files, f'{dist}/RECORD'])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f'{name}-{version}-py3-none-any.whl'
+    with zipfile.ZipFile(path, 'w') as z:
+        for file, text in files.items():
+            z.writestr(file, text)
+    return path
+
+
+def test_setup_installs_a_missing_package_from_the_wheels_folder(tmp_path, monkeypatch):
+    make_wheel(tmp_path / 'wheels')
+    monkeypatch.setattr(P, 'REQUIRED_MODULES', ('yaml', 'gpu_check_demo_pkg'))
+    args = P.parse_args(['setup', '--dir', str(tmp_path / 'out'), '--work', str(tmp_path / 'work'), '--dry-run',
+                         '--wheels', str(tmp_path / 'wheels'), '--site', str(tmp_path / 'site')])
+    assert P.part_setup(args)
+    result = json.loads((tmp_path / 'out' / 'result.json').read_text())
+    assert result['facts']['missing_before'] == 'gpu_check_demo_pkg'
+    assert result['facts']['site'] == str((tmp_path / 'site').resolve())
+    assert (tmp_path / 'site' / 'gpu_check_demo_pkg' / '__init__.py').read_text() == 'INSTALLED = True\n'
+    assert 'installed 1 wheel(s)' in result['detail']
+
+
+def test_setup_reports_what_stays_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, 'REQUIRED_MODULES', ('yaml', 'gpu_check_no_such_module'))
+    args = P.parse_args(['setup', '--dir', str(tmp_path / 'out'), '--work', str(tmp_path / 'work'), '--dry-run',
+                         '--wheels', str(tmp_path / 'none'), '--site', str(tmp_path / 'site')])
+    assert not P.part_setup(args)
+    result = json.loads((tmp_path / 'out' / 'result.json').read_text())
+    assert not result['ok'] and "gpu_check_no_such_module (ModuleNotFoundError" in result['detail']
+    assert result['facts']['installed'].startswith('nothing')
