@@ -280,7 +280,8 @@ def write_summary(ctx: Context, meta: dict[str, Any]) -> Path:
     setup = ctx.results.get('setup')
     if setup and setup.facts:
         lines += ['', '## Environment', '']
-        lines += [f'- {k}: {_cell(v)}' for k, v in setup.facts.items() if not isinstance(v, (dict, list))]
+        lines += [f'- {k}: {_cell(v)}' for k, v in setup.facts.items()
+                  if v is not None and not isinstance(v, (dict, list))]
     bench = ctx.results.get('benchmark')
     if bench and bench.facts.get('rows'):
         lines += ['', f'## Benchmark rows (full table: benchmark/output.log, batch {bench.facts.get("batch")})', '',
