@@ -2,7 +2,8 @@
 
     python tools/benchmark.py --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
     python tools/benchmark.py --quick                           # tiny model, seconds (used by the test suite)
-    python tools/benchmark.py --size official --batch 96 --device cuda --output gpu.json
+    python tools/benchmark.py --size official --batch 384 --device cuda --fit_batch --channels_last \
+        --cudnn_benchmark --infer_batch 384 --output gpu.json     # the GPU rows (tools/gpu_check.sh runs this)
 
 Measures on the machine at hand, prints one table (metric, value, target, PASS/FAIL, note) and saves it as JSON.
 Timings are medians over repeated runs after warm-up; targets are checked here, never in the tests.
@@ -19,6 +20,7 @@ import fastai_compat  # noqa: E402,F401  (must come before fastai)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
@@ -29,7 +31,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Iterator  # noqa: E402
 
@@ -62,23 +64,33 @@ TINY = {'model_vision_d_model': 16, 'model_vision_nhead': 2, 'model_vision_d_inn
         'model_vision_resnet_widths': [4, 4, 8, 8, 16], 'model_vision_resnet_layers': [1, 1, 1, 1, 1],
         'model_vision_attention_channels': 4, 'model_projection_channels': 8}
 SIZES = ('tiny', 'quarter', 'official')
+GPU_TARGET_IMG_S = 2500  # issue 16: ABINet-Vision full-size bf16 training on one H100
+RATIO_TARGET = {'cpu': 3.15, 'cuda': 3.1}  # ConCLR / ABINet step time (performance issue on CPU, issue 16 on GPU)
+LOSS_AGREEMENT = 0.02  # issue 16: bf16 / fp16 final losses within 2 % of float32 after the same steps
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: input and weight gradients)
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by a part of the device name.
+BF16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('GH200', 989.4),
+                    ('H200 NVL', 835.0), ('H200', 989.4), ('A100', 312.0))
 
 # Every metric key the JSON holds (amp-off names; other precisions add '@bf16' / '@fp16' to the train. and infer.
 # keys). A value is None when that line was skipped.
 METRIC_KEYS = (
     'train.abinet.step_s', 'train.abinet.img_s', 'train.conclr.step_s', 'train.conclr.img_s', 'train.ratio',
-    'train.abinet3n.step_s', 'train.conclr_overhead',
+    'train.abinet3n.step_s', 'train.conclr_overhead', 'train.abinet.mfu', 'flops.abinet.gflop', 'flops.matmul_tflops',
     'conaug.equal', 'conaug.b384.vec_s', 'conaug.b384.loop_s', 'conaug.b384.speedup', 'conaug.b384.copy_s',
     'conaug.b384.vs_copy', 'conaug.b384.frac_step',
     'conaug.batch.vec_s', 'conaug.batch.frac_step',
     'clr.equal', 'clr.max_rel_err', 'clr.n384.vec_s', 'clr.n384.loop_s', 'clr.n384.speedup', 'clr.n384.frac_step',
-    'clr.batch.vec_s', 'clr.batch.frac_step',
+    'clr.batch.vec_s', 'clr.batch.frac_step', 'share.conaug_clr',
     'loader.aug.img_s', 'loader.noaug.img_s', 'loader.official.abinet.step_s', 'loader.official.conclr.step_s',
-    'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio',
+    'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio', 'loader.workers_needed',
     'infer.b1.img_s', 'infer.b64.img_s', 'infer.ratio',
     'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
 )
-PRECISION_SECTIONS = ('train.', 'infer.')
+SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo')
+PRECISION_SECTIONS = ('train.', 'infer.', 'flops.matmul', 'loss.', 'loader.workers_needed')
+# Rows only a CUDA run has (per precision, with the suffix): peak memory and the data-sheet utilisation.
+CUDA_METRIC_KEYS = ('train.abinet.peak_gib', 'train.conclr.peak_gib', 'train.abinet.mfu_datasheet@bf16')
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -242,10 +254,13 @@ def make_batch(n: int, charset: CharsetMapper, h: int, w: int, device: torch.dev
 
 
 def make_train_step(model: nn.Module, config: Config, batch: tuple[torch.Tensor, ...], device: torch.device,
-                    precision: str = 'amp_off') -> Callable[[], float]:
-    """One training step as training does it: (ConAug,) forward, loss, backward, clipping, Adam step."""
+                    precision: str = 'amp_off', channels_last: bool = False) -> Callable[[], torch.Tensor]:
+    """One training step as training does it: (ConAug,) forward, loss, backward, clipping, Adam step; returns the
+    step's loss. `channels_last` stores the model channels-last on CUDA, as training.channels_last does."""
     conclr = hasattr(model, 'projection_head')
     model.to(device).train()
+    if channels_last and device.type == 'cuda':
+        model.to(memory_format=torch.channels_last)
     opt_args = {k.removeprefix('optimizer_args_'): tuple(v) if isinstance(v, list) else v
                 for k, v in config.items() if k.startswith('optimizer_args_') and v is not None}
     opt = getattr(torch.optim, config.optimizer_type)(model.parameters(), lr=config.optimizer_lr, **opt_args)
@@ -417,49 +432,204 @@ class Settings:
     infer_repeats: int
     demo_copies: int
     quick: bool
+    fit_batch: bool = False
+    channels_last: bool = False
+    loss_steps: int = 10
+    loss_batch: int = 64
 
 
-def section_train(s: Settings, report: Report) -> dict[str, float]:
+@dataclass
+class TrainResult:
+    """Median step times of one precision's training line-up, at the batch that ran."""
+
+    batch: int
+    step_s: dict[str, float]  # 'abinet', 'conclr', 'abinet3n'
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Drop freed tensors and hand the allocator's cache back (between model line-ups)."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def first_step_peak(step: Callable[[], Any], device: torch.device, base: int) -> float | None:
+    """Run one (untimed) step; its peak GPU allocation above `base` bytes in GiB (None off CUDA)."""
+    if device.type != 'cuda':
+        step()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
+
+
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+
+
+def time_train(s: Settings, precision: str, batch: int) -> tuple[TrainResult, dict[str, int], dict[str, float | None]]:
+    """Interleaved median step times of ABINet (N), ConCLR (N) and ABINet (3N); parameters and peak GiB per model.
+
+    Each model first runs one step alone, which measures its peak memory (weights, gradients, Adam state,
+    activations, the batch) and is one more untimed warm-up step.
+    """
+    steps, params, peaks = {}, {}, {}
+    line_up = (('abinet', ABINET, batch), ('conclr', CONCLR, batch), ('abinet3n', ABINET, 3 * batch))
+    for tag, name, batch_size in line_up:
+        config = model_config(name, s.size, s.config_path)
+        charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+        torch.manual_seed(0)
+        model = build_model(config)
+        params[tag] = sum(p.numel() for p in model.parameters())
+        base = _allocated(s.device)
+        data = make_batch(batch_size, charset, config.dataset_image_height, config.dataset_image_width, s.device)
+        steps[tag] = make_train_step(model, config, data, s.device, precision, channels_last=s.channels_last)
+        peaks[tag] = first_step_peak(steps[tag], s.device, base)
+    times = interleaved_medians(steps, s.steps, s.warmup, s.device)
+    return TrainResult(batch, times), params, peaks
+
+
+def fallback_batches(batch: int) -> list[int]:
+    """The batch, then 2/3, 1/2, 1/3, 1/4, 1/6 and 1/8 of it (multiples of 8 where possible): what --fit_batch tries."""
+    out = [batch]
+    for num, den in ((2, 3), (1, 2), (1, 3), (1, 4), (1, 6), (1, 8)):
+        b = batch * num // den
+        b = b - b % 8 if b >= 16 else b
+        if 0 < b < out[-1]:
+            out.append(b)
+    return out
+
+
+def fitting_train(s: Settings, precision: str) -> tuple[TrainResult, dict[str, int], dict[str, float | None]] | None:
+    """time_train at s.batch; with --fit_batch, at the next smaller batch after each CUDA out-of-memory error
+    (None: nothing fits). The three models share the batch so that the step ratio compares like with like."""
+    for batch in fallback_batches(s.batch) if s.fit_batch else [s.batch]:
+        result = None
+        try:
+            result = time_train(s, precision, batch)
+        except torch.OutOfMemoryError:
+            pass  # handled below, once the traceback (holding the tensors) is gone
+        free_device_memory(s.device)
+        if result is not None:
+            return result
+    return None
+
+
+def section_train(s: Settings, report: Report, flops: dict[str, float] | None) -> dict[str, TrainResult]:
     """1. Training throughput of ABINet-Vision and ConCLR-Vision at the same size and batch, per precision.
 
     The steps are timed in alternation, plus ABINet-Vision at batch 3N: ConCLR's step runs 3N images, so
     ConCLR(N) / ABINet(3N) is ConCLR's own overhead (ConAug, projection head, losses), apart from how the
-    model's cost grows with the batch.
+    model's cost grows with the batch. `flops` (from model_flops) gives the model FLOP utilisation rows.
     """
-    step_times: dict[str, float] = {}
-    models = (('abinet', ABINET, s.batch), ('conclr', CONCLR, s.batch), ('abinet3n', ABINET, 3 * s.batch))
+    results: dict[str, TrainResult] = {}
     for precision in s.precisions:
         suffix = '' if precision == 'amp_off' else f'@{precision}'
-        steps, params = {}, {}
-        for tag, name, batch_size in models:
-            config = model_config(name, s.size, s.config_path)
-            charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
-            torch.manual_seed(0)
-            model = build_model(config)
-            params[tag] = sum(p.numel() for p in model.parameters())
-            batch = make_batch(batch_size, charset, config.dataset_image_height, config.dataset_image_width, s.device)
-            steps[tag] = make_train_step(model, config, batch, s.device, precision)
-        times = interleaved_medians(steps, s.steps, s.warmup, s.device)
-        del steps
-        for tag, label in (('abinet', 'ABINet-Vision'), ('conclr', 'ConCLR-Vision')):
-            report.add(f'train.{tag}.step_s{suffix}', f'train {label} step [{precision}]', times[tag], 's',
-                       note=f'median of {s.steps} after {s.warmup} warm-up, interleaved; batch {s.batch}, '
-                            f'{params[tag]:,} params')
-            report.add(f'train.{tag}.img_s{suffix}', f'train {label} images/s [{precision}]', s.batch / times[tag],
-                       'img/s', note='original images (batch size) per second')
-        report.add(f'train.ratio{suffix}', f'train ConCLR / ABINet step time [{precision}]',
-                   times['conclr'] / times['abinet'], 'x', ('<=', 3.15),
-                   note='ConCLR runs 3N images (original + 2 ConAug views) per N originals')
-        report.add(f'train.abinet3n.step_s{suffix}', f'train ABINet-Vision step at batch {3 * s.batch} [{precision}]',
-                   times['abinet3n'], 's', note='as many images as a ConCLR step')
-        report.add(f'train.conclr_overhead{suffix}', f'train ConCLR(N) / ABINet(3N) step time [{precision}]',
-                   times['conclr'] / times['abinet3n'], 'x',
-                   note='ConCLR\'s own cost: ConAug, projection head, 3 CE + contrastive loss')
-        step_times[precision] = times['conclr']
-    return step_times
+        fitted = fitting_train(s, precision)
+        if fitted is None:
+            tried = ' and every smaller one tried' if s.fit_batch else ' (try --fit_batch)'
+            report.add(f'train.abinet.step_s{suffix}', f'train ABINet-Vision step [{precision}]', None, 's',
+                       note=f'skipped: out of GPU memory at batch {s.batch}{tried}')
+            continue
+        result, params, peaks = fitted
+        results[precision] = result
+        report_train_rows(s, report, precision, result, params, peaks, flops)
+    return results
 
 
-def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
+def report_train_rows(s: Settings, report: Report, precision: str, result: TrainResult, params: dict[str, int],
+                      peaks: dict[str, float | None], flops: dict[str, float] | None) -> None:
+    """The rows of one precision's training line-up."""
+    suffix = '' if precision == 'amp_off' else f'@{precision}'
+    times, batch = result.step_s, result.batch
+    fitted = '' if batch == s.batch else f' (batch {s.batch} did not fit)'
+    cuda_full = s.device.type == 'cuda' and s.size == 'official' and s.config_path is None
+    for tag, label in (('abinet', 'ABINet-Vision'), ('conclr', 'ConCLR-Vision')):
+        report.add(f'train.{tag}.step_s{suffix}', f'train {label} step [{precision}]', times[tag], 's',
+                   note=f'median of {s.steps} after {s.warmup + 1} warm-up, interleaved; batch {batch}{fitted}, '
+                        f'{params[tag]:,} params')
+        target = (('>=', GPU_TARGET_IMG_S) if cuda_full and tag == 'abinet' and precision == 'bf16' else None)
+        report.add(f'train.{tag}.img_s{suffix}', f'train {label} images/s [{precision}]', batch / times[tag],
+                   'img/s', target, note='issue 16 target: full size, bf16, one H100' if target else
+                   'original images (batch size) per second')
+        if peaks[tag] is not None:
+            report.add(f'train.{tag}.peak_gib{suffix}', f'train {label} peak GPU memory [{precision}]', peaks[tag],
+                       'GiB', note=f'max_memory_allocated over one step at batch {batch}, with weights and Adam state')
+    report.add(f'train.ratio{suffix}', f'train ConCLR / ABINet step time [{precision}]',
+               times['conclr'] / times['abinet'], 'x', ('<=', RATIO_TARGET[s.device.type]),
+               note='ConCLR runs 3N images (original + 2 ConAug views) per N originals')
+    report.add(f'train.abinet3n.step_s{suffix}', f'train ABINet-Vision step at batch {3 * batch} [{precision}]',
+               times['abinet3n'], 's', note='as many images as a ConCLR step')
+    report.add(f'train.conclr_overhead{suffix}', f'train ConCLR(N) / ABINet(3N) step time [{precision}]',
+               times['conclr'] / times['abinet3n'], 'x',
+               note='ConCLR\'s own cost: ConAug, projection head, 3 CE + contrastive loss')
+    if flops is None:
+        return
+    achieved = batch / times['abinet'] * TRAIN_FLOPS_PER_FORWARD * flops['forward'] / 1e12
+    report.add(f'train.abinet.mfu{suffix}', f'train ABINet-Vision model FLOP utilisation [{precision}]',
+               achieved / flops[precision], 'frac',
+               note=f'{achieved:.3g} TFLOP/s (3 x forward FLOPs) / measured {precision} matmul '
+                    f'{flops[precision]:.3g} TFLOP/s')
+    if flops.get('datasheet') and precision == 'bf16':
+        report.add('train.abinet.mfu_datasheet@bf16', 'train ABINet-Vision FLOP utilisation of the data-sheet peak '
+                   '[bf16]', achieved / flops['datasheet'], 'frac',
+                   note=f'dense bf16 peak {flops["datasheet"]:g} TFLOP/s of {torch.cuda.get_device_name(s.device)}')
+
+
+def model_flops(s: Settings) -> dict[str, float]:
+    """Forward FLOPs per image of ABINet-Vision (torch's FLOP counter), and the measured matmul TFLOP/s per
+    precision (plus the data-sheet bf16 peak of a known GPU) for the utilisation rows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = model_config(ABINET, s.size, s.config_path)
+    torch.manual_seed(0)
+    model = build_model(config).to(s.device).train()  # train mode: the encoder's fused eval path has no counter
+    x = torch.randn(2, 3, config.dataset_image_height, config.dataset_image_width, device=s.device)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    out: dict[str, float] = {'forward': counter.get_total_flops() / 2}
+    del model, x
+    n = 8192 if s.device.type == 'cuda' else (256 if s.quick else 1024)
+    for precision in s.precisions:
+        dtype = {'amp_off': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+        a = torch.randn(n, n, device=s.device).to(dtype)
+        b = torch.randn(n, n, device=s.device).to(dtype)
+        out[precision] = 2 * n ** 3 / median_time(lambda: a @ b, 5, 2, s.device) / 1e12
+    name = torch.cuda.get_device_name(s.device) if s.device.type == 'cuda' else ''
+    out['datasheet'] = next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), 0.0)
+    return out
+
+
+def report_flops(s: Settings, report: Report, flops: dict[str, float]) -> None:
+    """The FLOP rows: forward GFLOP per image and the matmul yardstick per precision."""
+    report.add('flops.abinet.gflop', 'ABINet-Vision forward GFLOP per image', flops['forward'] / 1e9, 'GFLOP',
+               note='torch.utils.flop_counter; a training step counts 3 x forward')
+    for precision in s.precisions:
+        suffix = '' if precision == 'amp_off' else f'@{precision}'
+        report.add(f'flops.matmul_tflops{suffix}', f'square matmul throughput [{precision}]', flops[precision],
+                   'TFLOP/s', note='the achievable peak the utilisation rows divide by')
+
+
+@dataclass
+class StepRef:
+    """The ConCLR training step that ConAug's and the loss's shares are taken of."""
+
+    step_s: float
+    batch: int
+    precision: str
+
+    @staticmethod
+    def fastest(results: dict[str, TrainResult]) -> StepRef | None:
+        """The precision whose ConCLR step is the shortest (the strictest denominator), None when none ran."""
+        if not results:
+            return None
+        precision = min(results, key=lambda p: results[p].step_s['conclr'] / results[p].batch)
+        return StepRef(results[precision].step_s['conclr'], results[precision].batch, precision)
+
+
+def section_conaug(s: Settings, report: Report, step: StepRef) -> None:
     """2. ConAug (both views of a batch, the callback's code path) against a per-sample loop."""
     config = model_config(CONCLR, s.size, s.config_path)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
@@ -488,9 +658,9 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
     timed = interleaved_medians({'vec': vectorised(big), 'loop': loop(big), 'copy': lambda: views.clone()},
                                 repeats, 1, s.device)
     vec, ref, copy = timed['vec'], timed['loop'], timed['copy']
-    scaled_step = conclr_step * s.conaug_batch / s.batch
-    step_note = (f'ConCLR step measured at batch {s.batch}' if s.batch == s.conaug_batch else
-                 f'vs ConCLR step scaled linearly from batch {s.batch} to {s.conaug_batch}')
+    scaled_step = step.step_s * s.conaug_batch / step.batch
+    step_note = (f'ConCLR {step.precision} step measured at batch {step.batch}' if step.batch == s.conaug_batch else
+                 f'vs ConCLR {step.precision} step scaled linearly from batch {step.batch} to {s.conaug_batch}')
     n = s.conaug_batch
     report.add('conaug.b384.vec_s', f'ConAug batch {n} (2 views) vectorised', vec, 's',
                note=f'32x128, C={charset.num_classes}, T={config.dataset_max_length + 1}; callback on_batch_begin')
@@ -502,15 +672,16 @@ def section_conaug(s: Settings, report: Report, conclr_step: float) -> None:
     report.add('conaug.b384.frac_step', f'ConAug batch {n} / ConCLR step', vec / scaled_step, 'frac', ('<', 0.02),
                note=step_note)
 
-    model_batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device, 5)
+    model_batch = make_batch(step.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device,
+                             5)
     vec_b = median_time(vectorised(model_batch), 2 * repeats, 1, s.device)
-    report.add('conaug.batch.vec_s', f'ConAug model batch {s.batch} vectorised', vec_b, 's',
+    report.add('conaug.batch.vec_s', f'ConAug model batch {step.batch} vectorised', vec_b, 's',
                note=f'{config.dataset_image_height}x{config.dataset_image_width}')
-    report.add('conaug.batch.frac_step', f'ConAug model batch {s.batch} / ConCLR step', vec_b / conclr_step, 'frac',
-               ('<', 0.02), note='both measured at the model batch')
+    report.add('conaug.batch.frac_step', f'ConAug model batch {step.batch} / ConCLR step', vec_b / step.step_s, 'frac',
+               ('<', 0.02), note=f'both measured at the model batch; {step.precision} step')
 
 
-def section_contrastive(s: Settings, report: Report, conclr_step: float) -> None:
+def section_contrastive(s: Settings, report: Report, step: StepRef) -> None:
     """3. Contrastive loss forward + backward against a per-anchor loop."""
     config = model_config(CONCLR, s.size, s.config_path)
     t_slots = config.dataset_max_length + 1
@@ -533,21 +704,64 @@ def section_contrastive(s: Settings, report: Report, conclr_step: float) -> None
     vec = median_time(fwd_bwd(contrastive_loss, big), repeats, 1, s.device)
     loop_n = min(s.clr_loop_n, s.clr_n)
     ref = median_time(fwd_bwd(contrastive_loss_loop, big, loop_n), 1, 0, s.device) * s.clr_n / loop_n
-    scaled_step = conclr_step * s.clr_n / s.batch
+    scaled_step = step.step_s * s.clr_n / step.batch
     n = s.clr_n
     report.add('clr.n384.vec_s', f'contrastive N={n} fwd+bwd vectorised', vec, 's', note=f'T={t_slots}, E=128')
     report.add('clr.n384.loop_s', f'contrastive N={n} fwd+bwd per-anchor loop', ref, 's',
                note=f'timed on {loop_n} samples, extrapolated linearly in N')
     report.add('clr.n384.speedup', f'contrastive N={n} speed-up over loop', ref / vec, 'x')
     report.add('clr.n384.frac_step', f'contrastive N={n} / ConCLR step', vec / scaled_step, 'frac', ('<', 0.02),
-               note=(f'ConCLR step measured at batch {s.batch}' if s.batch == n else
-                     f'vs ConCLR step scaled linearly from batch {s.batch} to {n}'))
+               note=(f'ConCLR {step.precision} step measured at batch {step.batch}' if step.batch == n else
+                     f'vs ConCLR {step.precision} step scaled linearly from batch {step.batch} to {n}'))
     e = config.model_projection_channels
-    at_batch = contrastive_inputs(s.batch, t_slots, e, 37, s.device, seed=6)
+    at_batch = contrastive_inputs(step.batch, t_slots, e, 37, s.device, seed=6)
     vec_b = median_time(fwd_bwd(contrastive_loss, at_batch), repeats, 1, s.device)
-    report.add('clr.batch.vec_s', f'contrastive model batch {s.batch} fwd+bwd', vec_b, 's', note=f'E={e}')
-    report.add('clr.batch.frac_step', f'contrastive model batch {s.batch} / ConCLR step', vec_b / conclr_step, 'frac',
-               ('<', 0.02), note='both measured at the model batch')
+    report.add('clr.batch.vec_s', f'contrastive model batch {step.batch} fwd+bwd', vec_b, 's', note=f'E={e}')
+    report.add('clr.batch.frac_step', f'contrastive model batch {step.batch} / ConCLR step', vec_b / step.step_s,
+               'frac', ('<', 0.02), note=f'both measured at the model batch; {step.precision} step')
+
+
+def report_share(report: Report, step: StepRef) -> None:
+    """ConAug and the contrastive loss together, as a share of the ConCLR step (issue 16: < 2 %)."""
+    metrics = report.metrics
+    parts = [metrics.get('conaug.batch.vec_s'), metrics.get('clr.batch.vec_s')]
+    share = None if None in parts else sum(parts) / step.step_s
+    report.add('share.conaug_clr', f'ConAug + contrastive loss / ConCLR step, batch {step.batch}', share, 'frac',
+               ('<', 0.02), note=f'{step.precision} step, the fastest measured' if share is not None else
+               'skipped: needs the conaug and clr sections')
+
+
+def final_loss(s: Settings, name: str, precision: str, batch: int) -> float:
+    """The loss of the last of s.loss_steps training steps from seed-0 weights on one fixed batch."""
+    config = model_config(name, s.size, s.config_path)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    torch.manual_seed(0)  # the same weights, dropout and ConAug draws for every precision
+    model = build_model(config)
+    data = make_batch(batch, charset, config.dataset_image_height, config.dataset_image_width, s.device, seed=8)
+    step = make_train_step(model, config, data, s.device, precision, channels_last=s.channels_last)
+    for _ in range(s.loss_steps - 1):
+        step()
+    loss = float(step())
+    del step, model, data
+    free_device_memory(s.device)
+    return loss
+
+
+def section_losses(s: Settings, report: Report) -> None:
+    """6. The final training loss of each precision after the same steps from the same weights and batch, against
+    float32 (issue 16: bf16 and fp16 within 2 %). Needs more than one precision."""
+    if len(s.precisions) < 2:
+        return
+    batch = min(s.batch, s.loss_batch)
+    for tag, name, label in (('abinet', ABINET, 'ABINet-Vision'), ('conclr', CONCLR, 'ConCLR-Vision')):
+        losses = {p: final_loss(s, name, p, batch) for p in s.precisions}
+        for precision, loss in losses.items():
+            suffix = '' if precision == 'amp_off' else f'@{precision}'
+            report.add(f'loss.{tag}.final{suffix}', f'{label} loss after {s.loss_steps} steps [{precision}]', loss,
+                       '', note=f'batch {batch}, one fixed random batch, seed-0 weights')
+            if precision != 'amp_off':
+                report.add(f'loss.{tag}.vs_fp32{suffix}', f'{label} final loss vs float32 [{precision}]',
+                           abs(loss - losses['amp_off']) / abs(losses['amp_off']), 'frac', ('<', LOSS_AGREEMENT))
 
 
 @contextlib.contextmanager
@@ -584,8 +798,9 @@ def _official_step(s: Settings, name: str) -> tuple[float, str]:
     return scaled, how
 
 
-def section_loader(s: Settings, report: Report) -> None:
-    """4. Input pipeline: images/s of one worker (ImageDataset.__getitem__ in this process) vs consumption."""
+def section_loader(s: Settings, report: Report, train: dict[str, TrainResult] | None = None) -> None:
+    """4. Input pipeline: images/s of one worker (ImageDataset.__getitem__ in this process) vs consumption, and
+    the augmenting workers each measured training step needs."""
     from dataset import ImageDataset, close_lmdb
 
     config = model_config(ABINET, s.size, s.config_path)
@@ -609,8 +824,14 @@ def section_loader(s: Settings, report: Report) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     steps = {}
+    measured = (train or {}).get('amp_off') if s.size == 'official' and s.config_path is None else None
     for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
-        steps[tag], how = _official_step(s, name)
+        if measured is not None:
+            steps[tag] = measured.step_s[tag] * OFFICIAL_BATCH / measured.batch
+            how = f'the training rows\' step at batch {measured.batch}' + (
+                '' if measured.batch == OFFICIAL_BATCH else ', scaled linearly to 384')
+        else:
+            steps[tag], how = _official_step(s, name)
         report.add(f'loader.official.{tag}.step_s', f'{s.official_size}-size {tag} step at batch 384', steps[tag], 's',
                    note=how)
     consumption = OFFICIAL_BATCH / min(steps.values())
@@ -621,6 +842,13 @@ def section_loader(s: Settings, report: Report) -> None:
     verdict = 'workers = cores is enough' if rates[True] >= share else 'workers = cores is NOT enough'
     report.add('loader.ratio', 'one augmenting worker / core share', rates[True] / share, 'x', ('>=', 1),
                note=verdict)
+    for precision, result in (train or {}).items():
+        suffix = '' if precision == 'amp_off' else f'@{precision}'
+        need = result.batch / result.step_s['abinet']
+        report.add(f'loader.workers_needed{suffix}', f'augmenting workers to feed the ABINet step [{precision}]',
+                   float(math.ceil(need / rates[True])), 'workers',
+                   note=f'{need:.0f} img/s at batch {result.batch} / {rates[True]:.0f} img/s per worker; '
+                        f'{cores} cores here')
 
 
 def section_infer(s: Settings, report: Report) -> None:
@@ -628,6 +856,8 @@ def section_infer(s: Settings, report: Report) -> None:
     config = model_config(ABINET, s.size, s.config_path)
     torch.manual_seed(0)
     model = build_model(config).to(s.device).eval()
+    if s.channels_last and s.device.type == 'cuda':
+        model.to(memory_format=torch.channels_last)
     small, large = s.infer_batches
     for precision in s.precisions:
         suffix = '' if precision == 'amp_off' else f'@{precision}'
@@ -781,7 +1011,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--official_step', action='store_true', help='measure the official step at batch 384 itself')
     p.add_argument('--demo_copies', type=int, default=None, help='copies of the 8 demo images (default 16)')
     p.add_argument('--sections', nargs='*', default=None,
-                   choices=('train', 'conaug', 'clr', 'loader', 'infer', 'demo'), help='run only these sections')
+                   choices=SECTIONS, help='run only these sections')
+    p.add_argument('--fit_batch', action='store_true',
+                   help='on CUDA, halve the training batch of a precision until it fits in memory (else its rows '
+                        'are skipped)')
+    p.add_argument('--channels_last', action='store_true',
+                   help='store the models channels-last on CUDA, as training.channels_last does')
+    p.add_argument('--cudnn_benchmark', action='store_true', help='torch.backends.cudnn.benchmark = True')
+    p.add_argument('--infer_batch', type=int, default=None, help='the large evaluation batch (default 64)')
+    p.add_argument('--loss_steps', type=int, default=None,
+                   help='steps of the per-precision final-loss comparison (default 10; 2 with --quick)')
+    p.add_argument('--loss_batch', type=int, default=None,
+                   help='batch of the final-loss comparison (default 64, at most --batch)')
     p.add_argument('--no_malloc_tune', action='store_true',
                    help="keep glibc's default malloc (by default the benchmark tunes it as main.py does with "
                         'global.malloc_tune; --quick never tunes, as it runs inside the test process)')
@@ -835,15 +1076,46 @@ def settings_from(args: argparse.Namespace) -> Settings:
         precisions=precisions, conaug_batch=pick(args.conaug_batch, 16, 384), clr_n=pick(args.clr_n, 16, 384),
         clr_loop_n=pick(args.clr_loop_n, 4, 32), lmdb=args.lmdb, loader_samples=pick(args.loader_samples, 8, 300),
         official_size='tiny' if q else 'official', official_probe_batch=probe,
-        official_steps=1 if q else 2, infer_batches=(1, 64), infer_repeats=3 if q else 20,
-        demo_copies=pick(args.demo_copies, 1, 16), quick=q)
+        official_steps=1 if q else 2, infer_batches=(1, args.infer_batch or 64), infer_repeats=3 if q else 20,
+        demo_copies=pick(args.demo_copies, 1, 16), quick=q, fit_batch=args.fit_batch,
+        channels_last=args.channels_last, loss_steps=pick(args.loss_steps, 2, 10),
+        loss_batch=pick(args.loss_batch, 2, 64))
+
+
+def run_sections(s: Settings, sections: set[str], report: Report) -> None:
+    """The chosen sections in order; the shares of ConAug and the loss are taken of the fastest ConCLR step."""
+    train: dict[str, TrainResult] = {}
+    if 'train' in sections:
+        flops = model_flops(s)
+        report_flops(s, report, flops)
+        train = section_train(s, report, flops)
+    elif sections & {'conaug', 'clr'}:
+        train = section_train(replace(s, precisions=['amp_off']), Report(), None)
+    ref = StepRef.fastest(train)
+    if sections & {'conaug', 'clr'} and ref is None:
+        raise RuntimeError(f'no ConCLR training step fitted on {s.device} at batch {s.batch}: nothing to take '
+                           'shares of (try --fit_batch or a smaller --batch)')
+    if 'conaug' in sections:
+        section_conaug(s, report, ref)
+    if 'clr' in sections:
+        section_contrastive(s, report, ref)
+    if {'conaug', 'clr'} <= sections:
+        report_share(report, ref)
+    if 'losses' in sections:
+        section_losses(s, report)
+    if 'loader' in sections:
+        section_loader(s, report, train)
+    if 'infer' in sections:
+        section_infer(s, report)
+    if 'demo' in sections:
+        section_demo(s, report)
 
 
 def run(argv: list[str] | None = None) -> Report:
     """Run the benchmark and return its report (nothing printed)."""
     args = parse_args(argv)
     s = settings_from(args)
-    sections = set(args.sections) if args.sections else {'train', 'conaug', 'clr', 'loader', 'infer', 'demo'}
+    sections = set(args.sections) if args.sections else set(SECTIONS)
     threads_before = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -861,29 +1133,15 @@ def run(argv: list[str] | None = None) -> Report:
         'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_start': list(os.getloadavg()), 'size': s.config_path or s.size, 'batch': s.batch,
         'steps': s.steps, 'warmup': s.warmup, 'precisions': s.precisions, 'quick': s.quick,
-        'malloc_tuned': malloc_tuned,
+        'malloc_tuned': malloc_tuned, 'fit_batch': s.fit_batch, 'channels_last': s.channels_last,
+        'cudnn_benchmark': bool(args.cudnn_benchmark or torch.backends.cudnn.benchmark),
+        'infer_batches': list(s.infer_batches),
     }
     started = time.perf_counter()
+    cudnn_before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark) or cudnn_before
     try:
-        conclr_step = None
-        if sections & {'train', 'conaug', 'clr'}:
-            if 'train' in sections:
-                conclr_step = section_train(s, report)['amp_off']
-            else:
-                saved = s.precisions
-                s.precisions = ['amp_off']
-                conclr_step = section_train(s, Report())['amp_off']
-                s.precisions = saved
-        if 'conaug' in sections:
-            section_conaug(s, report, conclr_step)
-        if 'clr' in sections:
-            section_contrastive(s, report, conclr_step)
-        if 'loader' in sections:
-            section_loader(s, report)
-        if 'infer' in sections:
-            section_infer(s, report)
-        if 'demo' in sections:
-            section_demo(s, report)
+        run_sections(s, sections, report)
     finally:
         torch.set_num_threads(threads_before)
         torch.backends.cudnn.benchmark = cudnn_before
