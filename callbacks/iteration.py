@@ -122,6 +122,8 @@ class IterationCallback(LearnerCallback):
         self.saved: list[Path] = list(saved or [])
         self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
         self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
+        # {'iteration', 'steps', 'seconds'} of every window: training time without evaluation or checkpoint saving
+        self.timings: list[dict[str, float]] = []
 
     def on_train_begin(self, **kwargs: Any) -> dict:
         self._window = LossWindow(self._device())
@@ -206,6 +208,7 @@ class IterationCallback(LearnerCallback):
         means, skipped_steps = self._window.reduce()
         self.train_history.append({'iteration': self.iteration, **means})
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        self.timings.append({'iteration': self.iteration, 'steps': len(self._window), 'seconds': elapsed})
         speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''

@@ -6,7 +6,7 @@
 
 Parts, in order: setup (environment, installs what is missing from .whl/), cuda_tests (pytest -m cuda),
 benchmark (tools/benchmark.py's GPU rows at full size, batch 384), train (a short full-size bf16 run of main.py on
-rendered data, with its loss curve) and study (tools/ood_experiment.py's gpu preset, cut to the time left).
+rendered data, with its loss curve) and study (tools/ood with the gpu preset, cut to the time left).
 Everything lands in log/gpu/<card name>/: one folder per part with its output.log, and summary.md (plus
 summary.json), rewritten after every part, so it says which part failed or ran out of time and why even when a
 later one is cut off. This driver uses the standard library only: the parts run as child processes (killed with

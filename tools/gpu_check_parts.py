@@ -251,7 +251,11 @@ def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
     source = REPO_ROOT / 'configs' / ('experiment_tiny.yaml' if dry_run else 'experiment_gpu.yaml')
     preset = yaml.safe_load(source.read_text())
     experiment = preset['experiment']
-    experiment.update(seeds=[0], curve_points=2, benchmarks=False)
+    # no sweep, one seed, the baseline and the reference arm only: three runs (the two, and the equal wall-clock one)
+    experiment.update(vocab_size=20 if dry_run else 300, sweep_vocab_sizes=[], curve_points=2, benchmarks=False,
+                      wall_clock_seeds=[0])
+    preset['arms'] = {name: dict(preset['arms'][name], seeds=[0])
+                      for name in (experiment.get('baseline', 'abinet'), experiment.get('reference', 'conclr'))}
     if dry_run:
         experiment.update(tsne_images=0)  # scikit-learn's t-SNE is the dry run's slowest step
     else:
@@ -266,12 +270,13 @@ def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
 
 
 def part_study(args: argparse.Namespace) -> bool:
-    """tools/ood_experiment.py on the cut preset; the report, curves and logs are kept, the data is not."""
-    from tools import ood_experiment
+    """The out-of-vocabulary study (tools/ood) on the cut preset; the report, curves and logs are kept, the data
+    is not."""
+    from tools.ood import cli
 
     out, work = Path(args.dir), Path(args.work)
     preset, steps = cut_preset(out / 'preset.yaml', args.dry_run, args.seconds)
-    status = ood_experiment.main(['--preset', str(preset), '--output', str(work / 'study')])
+    status = cli.main(['--preset', str(preset), '--output', str(work / 'study')])
     for path in (work / 'study').rglob('*'):
         relative = path.relative_to(work / 'study')
         if path.is_file() and path.suffix in ('.md', '.json', '.png', '.txt', '.yaml') and 'data' not in relative.parts:
@@ -279,7 +284,7 @@ def part_study(args: argparse.Namespace) -> bool:
             shutil.copy(path, out / relative)
     ok = status == 0 and (out / 'results.md').is_file()
     write_result(out, ok, f'{steps} steps per run, one seed; results.md' if ok else
-                 f'ood_experiment exited with {status}', steps=steps)
+                 f'tools.ood exited with {status}', steps=steps)
     return ok
 
 

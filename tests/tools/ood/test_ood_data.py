@@ -1,0 +1,87 @@
+"""tools/ood/data.py and the pure pieces of runs.py / report.py against hand-computed values."""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tools.ood import data, report, runs
+from tools.ood.preset import ExperimentError
+
+
+def test_length_counts_are_proportional_with_largest_remainder():
+    lengths = [3, 3, 4, 5]
+    assert data.length_counts(lengths, 8) == {3: 4, 4: 2, 5: 2}
+    assert data.length_counts(lengths, 6) == {3: 3, 4: 2, 5: 1}  # 3, 1.5, 1.5: the tie goes to the shorter
+    assert data.length_counts(lengths, 1) == {3: 1, 4: 0, 5: 0}
+
+
+def test_nested_vocabularies_grow_by_adding_words():
+    pool = [f'w{i:03d}' for i in range(50)]
+    small, large = (data.nested_vocabulary(pool, n, np.random.default_rng(7)) for n in (5, 20))
+    assert len(set(small)) == 5 and len(set(large)) == 20 and set(small) < set(large)
+    with pytest.raises(ExperimentError, match='asked for 51'):
+        data.nested_vocabulary(pool, 51, np.random.default_rng(0))
+
+
+def test_oov_words_are_unseen_with_the_vocabularys_length_histogram():
+    pool = ['cat', 'dog', 'owl', 'ant', 'bee', 'lion', 'bear', 'wolf', 'deer', 'horse', 'zebra', 'tiger']
+    vocab = ['cat', 'dog', 'lion', 'horse']
+    words = data.oov_words(pool, vocab, 4, np.random.default_rng(0))
+    assert len(set(words)) == 4 and not set(words) & set(vocab) and set(words) <= set(pool)
+    assert Counter(map(len, words)) == {3: 2, 4: 1, 5: 1}
+    with pytest.raises(ExperimentError, match='3 letters'):
+        data.oov_words(pool, vocab, 8, np.random.default_rng(0))  # needs 4 unseen 3-letter words, has 3
+
+
+def test_random_strings_are_distinct_avoid_the_excluded_and_can_require_a_character():
+    assert data.random_strings({2: 3}, np.random.default_rng(0), 'ab', exclude=['aa']) == ['ab', 'ba', 'bb']
+    with pytest.raises(ExperimentError):
+        data.random_strings({2: 5}, np.random.default_rng(0), 'ab')  # only 4 exist
+    # over 'abc' with a 'c' in each: the 9 - 4 = 5 strings of length 2 that hold a 'c'
+    assert data.random_strings({2: 5}, np.random.default_rng(3), 'abc', must_hold='c') == \
+        ['ac', 'bc', 'ca', 'cb', 'cc']
+    with pytest.raises(ExperimentError):
+        data.random_strings({2: 6}, np.random.default_rng(0), 'abc', must_hold='c')
+    out = data.random_strings({3: 5, 4: 2}, np.random.default_rng(1), 'xyz')
+    assert Counter(map(len, out)) == {3: 5, 4: 2} and len(set(out)) == 7 and set(''.join(out)) <= set('xyz')
+
+
+def test_lexicon_split_counts_words_in_and_out_of_the_lexicon(tmp_path):
+    path = tmp_path / 'set.tsv'
+    path.write_text('index\tground_truth\tprediction\tconfidence\tcorrect\n'
+                    '0\tThe\tthe\t0.9\t1\n1\tcat\tcot\t0.5\t0\n2\tZebra\tzebra\t0.8\t1\n3\tdog"s\tdogs\t0.1\t0\n')
+    split = data.lexicon_split(path, frozenset({'the', 'cat'}))
+    assert split == {'in': {'cwr': 0.5, 'samples': 2}, 'out': {'cwr': 0.5, 'samples': 2}}
+    assert math.isnan(data.lexicon_split(path, frozenset())['in']['cwr'])
+
+
+def test_find_benchmarks_lists_lmdbs_in_the_usual_order(tmp_path):
+    for name in ('SVT', 'extra', 'IIIT5k_3000', 'empty'):
+        (tmp_path / name).mkdir()
+        if name != 'empty':
+            (tmp_path / name / 'data.mdb').write_bytes(b'')
+    assert [p.name for p in data.find_benchmarks(tmp_path)] == ['IIIT5k_3000', 'SVT', 'extra']
+    assert data.find_benchmarks(tmp_path / 'absent') == []
+
+
+def test_mean_and_spread_over_seeds():
+    mean, sd = report.mean_spread([0.5, 0.7, 0.9])
+    assert mean == pytest.approx(0.7) and sd == pytest.approx(0.2)
+    assert report.mean_spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert report.mean_spread([0.4]) == (0.4, None)
+    assert report.fmt(0.7, 0.2) == '70.00 ± 20.00' and report.fmt(-0.05, None, signed=True) == '-5.00'
+    diff = report.paired({0: 1.0, 1: 2.0, 2: 5.0}, {1: 4.0, 2: 6.0, 3: 0.0}, lambda r: r)
+    assert diff['values'] == {1: 2.0, 2: 1.0} and diff['mean'] == pytest.approx(1.5)
+
+
+def test_equal_wall_clock_steps_and_save_period():
+    assert runs.equal_wall_steps(100, 300.0, 100.0) == 300  # reference 3 s/step, baseline 1 s/step
+    assert runs.equal_wall_steps(100, 250.0, 30.0) == 833  # 250 / 0.3 = 833.3
+    with pytest.raises(ValueError):
+        runs.equal_wall_steps(10, 0.0, 1.0)
+    assert runs.save_period(30, 3, 10) == 10
+    assert runs.save_period(83, 3, 10) == 30  # checkpoints at 30, 60 and the final 83
+    assert runs.save_period(1100, 5, 50) == 250  # 250, 500, 750, 1000, 1100
+    assert runs.training_seconds([{'seconds': 1.5, 'steps': 10}, {'seconds': 0.5, 'steps': 3}]) == (2.0, 13)

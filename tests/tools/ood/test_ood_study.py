@@ -1,0 +1,268 @@
+"""tools/ood: the tiny preset runs the whole study in-process (sweep, arms, equal wall-clock, report); a second
+invocation trains nothing and writes the same report; an interrupted study resumes without redoing finished runs;
+a folder of another preset is refused; results.json holds paths relative to the output folder."""
+
+import json
+import math
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+import main as abinet_main
+from tools.ood import cli, runs
+from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = REPO / 'configs' / 'experiment_tiny.yaml'
+CUTE80 = REPO / '..' / 'shared' / 'benchmarks' / 'CUTE80'  # 288 real images: the smallest benchmark
+HAS_CUTE80 = (CUTE80 / 'data.mdb').is_file()
+
+
+def _records(output: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (output / 'runs').glob('*/run.json')}
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    """The tiny preset, with CUTE80 as the one real set when the benchmarks are on this machine."""
+    root = tmp_path_factory.mktemp('ood')
+    bench = root / 'benchmarks'
+    bench.mkdir()
+    if HAS_CUTE80:
+        (bench / 'CUTE80').symlink_to(CUTE80.resolve())
+    preset = yaml.safe_load(TINY.read_text())
+    preset['experiment'].update(benchmarks=True, benchmark_dir=str(bench))
+    (root / 'preset.yaml').write_text(yaml.safe_dump(preset))
+    output = root / 'out'
+    assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
+    return root, output, json.loads((output / 'results.json').read_text())
+
+
+def test_every_arm_and_set_has_numbers_that_match_its_runs(study):
+    _, output, result = study
+    records = _records(output)
+    size = result['vocab_size']
+    assert size in (12, 20) and set(records) == {'v12-abinet-s0', 'v20-abinet-s0', f'v{size}-conaug-s0',
+                                                 f'v{size}-conclr-s0', f'v{size}-abinet-wall-s0'}
+    real = ['CUTE80', 'CUTE80:in', 'CUTE80:out'] if HAS_CUTE80 else []
+    assert result['test_sets'] == list(SYNTHETIC_SETS) + real
+    table = result['tables']['same_steps']
+    assert list(table) == ['abinet', 'conaug', 'conclr']
+    for arm, entry in table.items():
+        run = records[f'v{size}-{arm}-s0']['final']
+        for name in SYNTHETIC_SETS:
+            for metric in ('cwr', 'ccr'):
+                assert entry['sets'][name][metric]['mean'] == run[name][metric]
+            assert run[name]['samples'] == 24
+        for oov in SYNTHETIC_SETS[1:]:
+            assert entry['gaps'][oov]['cwr']['mean'] == pytest.approx(run['iv']['cwr'] - run[oov]['cwr'])
+    base = records[f'v{size}-abinet-s0']['final']
+    assert table['conclr']['minus_baseline']['iv']['mean'] == pytest.approx(
+        records[f'v{size}-conclr-s0']['final']['iv']['cwr'] - base['iv']['cwr'])
+    assert list(result['tables']['same_wall_clock']) == ['abinet_wall', 'conaug', 'conclr']
+    text = (output / 'results.md').read_text()
+    for heading in ('## Vocabulary-size sweep', '## Same number of optimiser steps', '## Same wall-clock',
+                    '### Ablation'):
+        assert text.count(heading) == 1, heading
+    assert 'Partial report' not in text and 'nan' not in text.lower()
+
+
+def test_the_sweep_chooses_the_vocabulary_by_its_rule(study):
+    _, output, result = study
+    records = _records(output)
+    rows = {n: records[f'v{n}-abinet-s0']['final'] for n in (12, 20)}
+    gaps = {n: r['iv']['cwr'] - r['oov_words']['cwr'] for n, r in rows.items()}
+    good = [n for n in rows if gaps[n] >= 0.10 and rows[n]['iv']['cwr'] >= 0.30]
+    expected = max(good) if good else max(rows, key=lambda n: gaps[n])
+    assert result['vocab_size'] == expected
+    for n in (12, 20):
+        assert result['sweep']['sizes'][str(n)]['gap']['mean'] == pytest.approx(gaps[n])
+
+
+def test_runs_take_their_steps_and_time_comes_from_the_callback(study):
+    _, output, result = study
+    records = _records(output)
+    size = result['vocab_size']
+    for record in records.values():
+        timings = record['timings']
+        assert sum(t['steps'] for t in timings) == record['steps']
+        assert record['train_seconds'] == pytest.approx(sum(t['seconds'] for t in timings))
+        assert 0 < record['train_seconds'] <= record['wall_seconds']
+        period = max(10, math.ceil(math.ceil(record['steps'] / 3) / 10) * 10)  # 3 curve points, show_iters 10
+        assert [p['iteration'] for p in record['curve']] == sorted({*range(period, record['steps'] + 1, period),
+                                                                   record['steps']})
+    abinet, conclr = records[f'v{size}-abinet-s0'], records[f'v{size}-conclr-s0']
+    per_step = abinet['train_seconds'] / 30
+    assert records[f'v{size}-abinet-wall-s0']['steps'] == max(1, math.floor(conclr['train_seconds'] / per_step
+                                                                           + 1e-9))
+
+
+def test_per_set_curves_pool_to_the_training_time_evaluation(study):
+    # Training evaluates the four curve subsets concatenated; main.test of the same checkpoint per set, pooled,
+    # must give that number (up to a word flipped by a different batching).
+    _, output, _ = study
+    for record in _records(output).values():
+        history = {h['iteration']: h['cwr'] for h in record['history']}
+        for point in record['curve']:
+            words = sum(point[f'{n}_curve']['samples'] for n in SYNTHETIC_SETS)
+            assert words == 48
+            pooled = sum(point[f'{n}_curve']['cwr'] * point[f'{n}_curve']['samples'] for n in SYNTHETIC_SETS)
+            assert pooled / words == pytest.approx(history[point['iteration']], abs=1.01 / words)
+
+
+def test_vocabularies_test_context_apart_from_unseen_characters(study):
+    _, output, _ = study
+    small, large = (set((output / 'data' / f'v{n}' / 'vocab_train.txt').read_text().split()) for n in (12, 20))
+    assert small < large  # the sweep's vocabularies are nested
+    data = output / 'data' / 'v20'
+    vocab, unseen, randoms, chars = ((data / f'vocab_{n}.txt').read_text().split()
+                                     for n in ('train', 'oov_words', 'oov_random', 'oov_chars'))
+    alphabet = set(''.join(vocab))
+    assert len(vocab) == 20 and len(unseen) == len(randoms) == len(chars) == 20
+    assert not set(vocab) & (set(unseen) | set(randoms) | set(chars))
+    assert Counter(map(len, vocab)) == Counter(map(len, unseen)) == Counter(map(len, randoms)) \
+        == Counter(map(len, chars))
+    assert all(set(w) <= alphabet for w in randoms)
+    assert all(set(w) - alphabet and set(w) <= set(FULL_ALPHABET) for w in chars)
+
+
+def test_figures_and_kept_files(study):
+    _, output, result = study
+    for name in ('curves_steps.png', 'curves_wallclock.png', 'tsne_oov_words.png', 'tsne_oov_random.png'):
+        image = matplotlib.image.imread(output / name)
+        assert image.ndim == 3 and image.shape[0] > 100, name
+        assert name in result['figures']
+    for workdir in (output / 'runs').iterdir():
+        assert (workdir / 'train.txt').is_file() and list(workdir.glob('events.out.tfevents.*'))
+        assert len(list(workdir.glob('*.pth'))) == 1  # only the final checkpoint is kept
+
+
+def _strings(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _strings(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _strings(value)
+    elif isinstance(tree, str):
+        yield tree
+
+
+def test_results_json_holds_paths_relative_to_the_output_folder(study):
+    root, output, result = study
+    assert not [s for s in _strings(result['runs']) if str(root) in s or s.startswith('/')]
+    for record in result['runs'].values():
+        for key in ('config', 'workdir', 'checkpoint'):
+            assert (output / record[key]).exists(), record[key]
+
+
+@pytest.mark.skipif(not HAS_CUTE80, reason='needs ../shared/benchmarks/CUTE80')
+def test_benchmark_words_are_split_by_the_training_lexicon(study):
+    _, output, result = study
+    vocab = set((output / 'data' / f'v{result["vocab_size"]}' / 'vocab_train.txt').read_text().split())
+    for record in _records(output).values():
+        predictions = (output / record['workdir'] / 'eval' / 'final' / 'predictions' / 'CUTE80.tsv')
+        rows = [line.split('\t') for line in predictions.read_text().splitlines()[1:]]
+        inside = [int(r[4]) for r in rows if r[1].lower() in vocab]
+        split = record['lexicon']['CUTE80']
+        assert split['in']['samples'] == len(inside) and split['out']['samples'] == len(rows) - len(inside)
+        assert split['in']['samples'] + split['out']['samples'] == record['final']['CUTE80']['samples']
+
+
+def test_a_second_invocation_trains_nothing_and_writes_the_same_report(study, monkeypatch):
+    root, output, _ = study
+    before = (output / 'results.md').read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('a finished run was trained again')
+
+    monkeypatch.setattr(abinet_main, 'train', refuse)
+    assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
+    assert (output / 'results.md').read_text() == before
+
+
+def test_a_folder_of_another_preset_is_refused(study, tmp_path, capsys):
+    root, output, _ = study
+    preset = yaml.safe_load((root / 'preset.yaml').read_text())
+    preset['config']['training']['max_iters'] = 31
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(preset))
+    listing = sorted(p.name for p in output.iterdir())
+    assert cli.main(['--preset', str(tmp_path / 'other.yaml'), '--output', str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'another preset' in err and '\n' not in err
+    assert sorted(p.name for p in output.iterdir()) == listing
+    (tmp_path / 'stranger').mkdir()
+    (tmp_path / 'stranger' / 'notes.txt').write_text('mine')
+    assert cli.main(['--preset', str(TINY), '--output', str(tmp_path / 'stranger')]) == 2
+    assert 'holds no study.json' in capsys.readouterr().err
+    assert (tmp_path / 'stranger' / 'notes.txt').read_text() == 'mine'
+
+
+# ---------------------------------------------------------------- interrupted and resumed, with a fake training
+
+
+def _fake_record(spec, place, experiment, device):
+    """Numbers that depend only on the run (its id), as a real run's record holds them."""
+    h = sum(map(ord, spec.run_id))
+    final = {n: {'cwr': (h * (i + 3)) % 97 / 100, 'ccr': (h * (i + 5)) % 89 / 100, 'samples': 24, 'left_out': 0}
+             for i, n in enumerate(SYNTHETIC_SETS)}
+    seconds = (1 + h % 7 + 2 * ('conclr' in spec.arm or 'conaug' in spec.arm)) * spec.steps / 10
+    return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': 1000 + h,
+            'config': f'configs/{spec.run_id}.yaml', 'workdir': f'runs/{spec.run_id}', 'checkpoint': 'none.pth',
+            'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': seconds + 1,
+            'images_per_second': 8.0, 'test_seconds': 1.0, 'final': final, 'lexicon': {},
+            'curve': [{'iteration': spec.steps, **{f'{n}_curve': final[n] for n in SYNTHETIC_SETS}}],
+            'history': [], 'timings': [{'iteration': spec.steps, 'steps': spec.steps, 'seconds': seconds}]}
+
+
+@pytest.fixture
+def fake_preset(tmp_path):
+    preset = yaml.safe_load(TINY.read_text())
+    preset['experiment'].update(sweep_vocab_sizes=[12], tsne_images=0)
+    for arm in preset['arms'].values():
+        arm['seeds'] = [0, 1]
+    path = tmp_path / 'fake.yaml'
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset, tmp_path, monkeypatch):
+    trained = []
+
+    def fake(spec, *args):
+        trained.append(spec.run_id)
+        return _fake_record(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', fake)
+    assert cli.main(['--preset', str(fake_preset), '--output', str(tmp_path / 'whole')]) == 0
+    whole = list(trained)
+    assert len(whole) == 6 + 2  # 3 arms x 2 seeds, and 2 equal-wall-clock runs
+
+    trained.clear()
+    calls = {'n': 0}
+
+    def stopped_after_three(spec, *args):
+        if calls['n'] == 3:
+            raise KeyboardInterrupt
+        calls['n'] += 1
+        return fake(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', stopped_after_three)
+    output = tmp_path / 'resumed'
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(['--preset', str(fake_preset), '--output', str(output)])
+    first = list(trained)
+    assert first == whole[:3]
+    assert 'Partial report: 5 run(s) still to train' in (output / 'results.md').read_text()
+    monkeypatch.setattr(runs, 'train_and_evaluate', fake)
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert trained[3:] == whole[3:]  # the rest, each once, in the same order; nothing of the first part again
+    assert (output / 'results.md').read_text() == (tmp_path / 'whole' / 'results.md').read_text()
+    shutil.rmtree(output / 'runs' / whole[-1])  # a run lost (or cut off before its run.json) is trained again
+    trained.clear()
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert trained == [whole[-1]]

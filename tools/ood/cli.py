@@ -1,0 +1,52 @@
+"""Command line of the out-of-vocabulary study, `python -m tools.ood` (README "Does ConCLR help?").
+
+    python -m tools.ood --preset configs/experiment_cpu.yaml --output log/ood_cpu
+
+Run it again with the same preset and output to continue an interrupted study: finished runs are not trained
+again. A folder made by another preset is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import yaml
+
+from checkpoint import CheckpointError
+from dataset import DatasetError
+from tools.ood.preset import ExperimentError, load_preset
+from tools.ood.study import run_study
+from utils import ConfigError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(prog='python -m tools.ood', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--preset', required=True, help='study preset (configs/experiment_*.yaml)')
+    parser.add_argument('--output', required=True, help='folder for data, runs and the report; resumable')
+    parser.add_argument('--iters', type=int, default=None, help='override config.training.max_iters (steps of the '
+                        'same-steps runs), for a short check; part of the preset the folder belongs to')
+    parser.add_argument('--no_benchmarks', action='store_true', help='skip the real benchmark LMDBs')
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one `error:` line on stderr and exit status 2."""
+    args = parse_args(argv)
+    try:
+        preset = load_preset(args.preset, args.iters)
+        if args.no_benchmarks:
+            preset.experiment['benchmarks'] = False
+        device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
+        run_study(preset, Path(args.output).resolve(), device)
+    except (ExperimentError, ConfigError, DatasetError, CheckpointError, FileNotFoundError, yaml.YAMLError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+

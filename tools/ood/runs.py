@@ -1,0 +1,197 @@
+"""One training run of the study: its project config, training, evaluation, and its cache in the output folder.
+
+A run lives in <output>/runs/<run id>/ (work directory: train.txt, TensorBoard events, its final checkpoint,
+per-checkpoint evaluations under eval/) with its config in <output>/configs/<run id>.yaml. run.json, written last
+(atomically), marks it finished: it holds the run's spec and results, with paths relative to the output folder.
+A run whose run.json holds the same spec is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import yaml
+
+import main as abinet_main
+from tools.ood.data import lexicon_split
+from tools.ood.preset import ExperimentError, preset_value, set_nested
+from utils import Config
+
+RUN_FILE = 'run.json'
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What defines one run: arm, seed, steps, |V| and the arm's project config before the study's keys."""
+
+    arm: str
+    seed: int
+    steps: int
+    vocab_size: int
+    tree: dict
+    kind: str = 'steps'  # 'steps' (the same-steps comparison) or 'wall' (equal wall-clock baseline)
+
+    @property
+    def run_id(self) -> str:
+        """Folder and checkpoint name: v<|V|>-<arm>[-wall]-s<seed>."""
+        return f'v{self.vocab_size}-{self.arm}{"-wall" if self.kind == "wall" else ""}-s{self.seed}'
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, as run.json stores it."""
+        return {'arm': self.arm, 'seed': self.seed, 'steps': self.steps, 'vocab_size': self.vocab_size,
+                'kind': self.kind, 'tree': self.tree}
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run reads and writes: the output folder, its data and the sets it is evaluated on."""
+
+    output: Path
+    train_root: Path
+    curve_roots: tuple[Path, ...]
+    final_roots: tuple[Path, ...]
+    benchmarks: tuple[str, ...]  # names among final_roots split by the lexicon
+    lexicon: frozenset[str]
+    iters_per_epoch: int
+
+
+def save_period(steps: int, points: int, show_iters: int) -> int:
+    """Evaluation / checkpoint period: at most `points` periodic checkpoints over `steps` (the last one at
+    `steps`), and a multiple of `show_iters` so that no evaluation falls inside a logged speed window."""
+    period = max(1, math.ceil(steps / points))
+    return math.ceil(period / show_iters) * show_iters
+
+
+def equal_wall_steps(steps: int, reference_seconds: float, baseline_seconds: float) -> int:
+    """Baseline steps that fit in the reference run's training time, both runs having taken `steps` steps:
+    floor(reference_seconds / (baseline_seconds / steps))."""
+    if steps < 1 or reference_seconds <= 0 or baseline_seconds <= 0:
+        raise ValueError(f'need positive steps and training times, got {steps}, {reference_seconds}, '
+                         f'{baseline_seconds}')
+    return max(1, math.floor(reference_seconds * steps / baseline_seconds + 1e-9))
+
+
+def training_seconds(timings: Sequence[dict[str, float]]) -> tuple[float, int]:
+    """(seconds, steps) summed over IterationCallback.timings windows: training without evaluation or saving."""
+    return sum(t['seconds'] for t in timings), sum(int(t['steps']) for t in timings)
+
+
+def write_run_config(spec: RunSpec, place: RunPlace, curve_points: int, decay_at: float | None) -> Path:
+    """The run's project config at <output>/configs/<run id>.yaml (absolute data paths: readable from anywhere)."""
+    tree = json.loads(json.dumps(spec.tree))
+    period = save_period(spec.steps, curve_points, preset_value(tree, 'training.show_iters'))
+    for key, value in {'global.name': spec.run_id, 'global.workdir': str(place.output / 'runs'),
+                       'global.seed': spec.seed, 'global.phase': 'train',
+                       'dataset.train.roots': [str(place.train_root)],
+                       'dataset.test.roots': [str(p) for p in place.curve_roots], 'training.max_iters': spec.steps,
+                       'training.epochs': math.ceil(spec.steps / place.iters_per_epoch) + 1,
+                       'training.eval_iters': period, 'training.save_iters': period, 'training.start_iters': 0}.items():
+        set_nested(tree, key, value)
+    if decay_at is not None:
+        # periods are in epochs: the lr drops after decay_at of this run's steps, whatever their number; the second
+        # phase outlasts the run (max_iters ends it)
+        epochs = preset_value(tree, 'training.epochs')
+        set_nested(tree, 'optimizer.scheduler.periods', [decay_at * spec.steps / place.iters_per_epoch, epochs])
+    path = place.output / 'configs' / f'{spec.run_id}.yaml'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def evaluate_checkpoint(config_path: Path, checkpoint: Path, roots: Sequence[Path], workdir: Path, name: str,
+                        device: torch.device, workers: int | None = None) -> dict[str, dict[str, float]]:
+    """main.test of one checkpoint on `roots`: {set name: {'cwr', 'ccr', 'samples', 'left_out'}}."""
+    config = Config(config_path)
+    config.global_phase = 'test'
+    config.global_workdir = str(workdir)
+    config.global_name = name
+    config.model_checkpoint = str(checkpoint)
+    config.dataset_test_roots = [str(r) for r in roots]
+    if workers is not None:
+        config.dataset_num_workers = workers
+    rows = abinet_main.test(config, device, image_only=True)
+    return {str(r['dataset']): {'cwr': float(r['cwr']), 'ccr': float(r['ccr']), 'samples': int(r['samples']),
+                                'left_out': int(r['left out'])} for r in rows if r['dataset'] != 'average'}
+
+
+def _drop_checkpoints(saved: Sequence[Path], final: Path, workdir: Path) -> None:
+    for path in saved:
+        if path != final:
+            path.unlink(missing_ok=True)
+    for path in workdir.glob('best-*.pth'):  # chosen on the test subsets: not a result to keep
+        path.unlink(missing_ok=True)
+
+
+def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device
+                       ) -> dict[str, Any]:
+    """Train one run, evaluate its periodic checkpoints on the curve subsets and its final one on every set."""
+    config_path = write_run_config(spec, place, experiment['curve_points'], experiment['decay_at'])
+    config = Config(config_path)
+    start = time.perf_counter()
+    callback = abinet_main.train(config, device)
+    wall = time.perf_counter() - start
+    seconds, timed_steps = training_seconds(callback.timings)
+    if callback.iteration != spec.steps or timed_steps != spec.steps:
+        raise ExperimentError(f'{config.workdir}: training stopped at step {callback.iteration} ({timed_steps} '
+                              f'timed), expected {spec.steps}')
+    saved = list(callback.saved)  # the periodic checkpoints, oldest first; one per evaluation
+    iterations = [int(h['iteration']) for h in callback.history][-len(saved):]
+    if not saved or iterations[-1] != spec.steps:
+        raise ExperimentError(f'{config.workdir}: no checkpoint of the final step {spec.steps}')
+    start = time.perf_counter()
+    workers = experiment['eval_workers']
+    curve = [{'iteration': it, **evaluate_checkpoint(config_path, path, place.curve_roots, config.workdir / 'eval',
+                                                     f'iter_{it:06d}', device, workers)}
+             for it, path in zip(iterations, saved)]
+    final = evaluate_checkpoint(config_path, saved[-1], place.final_roots, config.workdir / 'eval', 'final', device,
+                                workers)
+    lexicon = {name: lexicon_split(config.workdir / 'eval' / 'final' / 'predictions' / f'{name}.tsv', place.lexicon)
+               for name in place.benchmarks}
+    if not experiment['keep_checkpoints']:
+        _drop_checkpoints(saved, saved[-1], config.workdir)
+    parameters = sum(p.numel() for p in abinet_main.build_model(config).parameters())
+    relative = place.output.resolve()
+    return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': parameters,
+            'config': os.path.relpath(config_path.resolve(), relative),
+            'workdir': os.path.relpath(config.workdir.resolve(), relative),
+            'checkpoint': os.path.relpath(saved[-1].resolve(), relative),
+            'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': wall,
+            'images_per_second': config.dataset_train_batch_size * spec.steps / max(seconds, 1e-9),
+            'test_seconds': time.perf_counter() - start, 'final': final, 'lexicon': lexicon, 'curve': curve,
+            'history': [dict(h) for h in callback.history], 'timings': [dict(t) for t in callback.timings]}
+
+
+def finished_run(output: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """The cached results of `spec` in `output`, or None when it has not finished there."""
+    path = output / 'runs' / spec.run_id / RUN_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding='utf-8'))
+    return record if record.get('spec') == json.loads(json.dumps(spec.as_dict())) else None
+
+
+def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device,
+                say: Callable[[str], None]) -> dict[str, Any]:
+    """A finished run's cached results, or train and evaluate it (a half-done run folder starts over)."""
+    record = finished_run(place.output, spec)
+    if record is not None:
+        return record
+    workdir = place.output / 'runs' / spec.run_id
+    shutil.rmtree(workdir, ignore_errors=True)
+    say(f'training {spec.run_id} for {spec.steps} steps')
+    record = train_and_evaluate(spec, place, experiment, device)
+    workdir.mkdir(parents=True, exist_ok=True)
+    partial = workdir / (RUN_FILE + '.part')
+    partial.write_text(json.dumps(record, indent=1, allow_nan=True), encoding='utf-8')
+    partial.replace(workdir / RUN_FILE)
+    say(f'{spec.run_id}: {spec.steps} steps, {record["train_seconds"]:.1f} s training, IV cwr '
+        f'{100 * record["final"]["iv"]["cwr"]:.2f} %, OOV-words cwr {100 * record["final"]["oov_words"]["cwr"]:.2f} %')
+    return record

@@ -1,0 +1,304 @@
+"""The whole study, resumable: the vocabulary sweep, the ablation arms over their seeds, the equal-wall-clock
+baseline runs, then the report. Every finished run is cached in the output folder (tools/ood/runs.py); the folder
+belongs to one preset (study.json holds its fingerprint) and a different preset is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import main as abinet_main
+from tools.ood import figures, report, runs
+from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, read_vocabulary
+from tools.ood.preset import ExperimentError, Preset
+from utils import REPO_ROOT, Config, tune_malloc
+
+STUDY_FILE = 'study.json'
+
+
+class Progress:
+    """Prints progress lines and appends them to <output>/experiment.txt."""
+
+    def __init__(self, output: Path):
+        self.path = output / 'experiment.txt'
+
+    def __call__(self, message: str) -> None:
+        line = f'[{time.strftime("%Y-%m-%d %H:%M:%S")} ood] {message}'
+        print(line, flush=True)
+        with open(self.path, 'a', encoding='utf-8') as f:
+            f.write(line + '\n')
+
+
+def claim_folder(output: Path, preset: Preset) -> bool:
+    """Make `output` this preset's study folder; True when it already was (a resumed study). A folder of another
+    preset, or a non-empty folder that is no study's, is an ExperimentError."""
+    marker = output / STUDY_FILE
+    if marker.is_file():
+        made = json.loads(marker.read_text(encoding='utf-8'))
+        if made.get('fingerprint') != preset.fingerprint():
+            raise ExperimentError(f'{output} holds a study of another preset ({made.get("preset")}, different '
+                                  f'settings from {preset.path}): give a new --output')
+        return True
+    if output.exists() and any(output.iterdir()):
+        raise ExperimentError(f'{output} is not empty and holds no {STUDY_FILE}: give a new --output')
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(preset.path, output / 'preset.yaml')
+    marker.write_text(json.dumps({'preset': preset.path, 'fingerprint': preset.fingerprint(), **preset.tree},
+                                 indent=1), encoding='utf-8')
+    return False
+
+
+def check_arms(preset: Preset, device: torch.device) -> int:
+    """Build every arm's project config and model before any data is made; returns the training batch size."""
+    baseline = preset.experiment['baseline']
+    with tempfile.TemporaryDirectory() as tmp:
+        place = runs.RunPlace(Path(tmp), Path(tmp) / 'train', (Path(tmp) / 'test',), (), (), frozenset(), 100)
+        batches = set()
+        for name in preset.arms:
+            spec = runs.RunSpec(name, 0, preset.steps, 1, preset.arm_tree(name))
+            config = Config(runs.write_run_config(spec, place, preset.experiment['curve_points'], None))
+            model = abinet_main.build_model(config)
+            if name == baseline and abinet_main.is_conclr(model):
+                raise ExperimentError(f'{preset.path}: the baseline arm {name!r} must not be a ConCLR model')
+            batches.add(config.dataset_train_batch_size)
+            if config.global_malloc_tune:  # as main.py does; before any training, for every arm alike
+                tune_malloc()
+            warm_up(model, config, device)
+    if len(batches) != 1:
+        raise ExperimentError(f'{preset.path}: every arm needs the same dataset.train.batch_size, got {batches}')
+    return batches.pop()
+
+
+def warm_up(model: torch.nn.Module, config: Config, device: torch.device) -> None:
+    """One forward and backward pass on a dummy batch, so that one-time start-up costs (CUDA context, library
+    handles, kernel selection) do not land in the first run's timed steps."""
+    model = model.to(device).train()
+    images = torch.zeros(2, 3, config.dataset_image_height, config.dataset_image_width, device=device)
+    output = model(images)
+    output = output[0] if isinstance(output, list) else output
+    output['logits'].float().mean().backward()
+    model.to('cpu')
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Hardware and software of this invocation."""
+    import fastai
+
+    cpu_model = platform.processor()
+    if Path('/proc/cpuinfo').is_file():
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu_model = line.split(':', 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return {'cpu_count': os.cpu_count(), 'cpus_usable': usable, 'cpu_model': cpu_model,
+            'torch_threads': torch.get_num_threads(), 'device': str(device),
+            'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model,
+            'torch': torch.__version__, 'fastai': fastai.__version__, 'python': platform.python_version()}
+
+
+def choose_vocab_size(sweep: dict[str, Any], min_gap: float, min_iv: float) -> tuple[int, str]:
+    """The largest swept |V| whose mean IV - OOV-words gap and IV cwr reach the thresholds; else the |V| of the
+    largest gap. Returns (|V|, why)."""
+    rows = {int(n): row for n, row in sweep.items()}
+    good = [n for n, row in rows.items() if row['gap']['mean'] >= min_gap and row['iv']['mean'] >= min_iv]
+    if good:
+        return max(good), 'the criterion held'
+    best = max(rows, key=lambda n: rows[n]['gap']['mean'])
+    return best, 'no swept size met the criterion: the study uses the size of the largest gap'
+
+
+class Study:
+    """The runs of one preset in one output folder, trained (or loaded from the cache) in a fixed order."""
+
+    def __init__(self, preset: Preset, output: Path, device: torch.device, say: Callable[[str], None],
+                 benchmarks: list[Path], batch: int):
+        self.preset, self.e, self.output, self.device, self.say = preset, preset.experiment, output, device, say
+        self.benchmarks, self.batch = benchmarks, batch
+        self.places: dict[int, runs.RunPlace] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.vocab_size: int | None = self.e['vocab_size']
+        self.why = 'given by the preset'
+        self.sweep_rows: dict[int, dict[str, Any]] = {}
+        self.tsne: list[str] = []
+
+    def place(self, size: int) -> runs.RunPlace:
+        """The data of |V| = size (rendered on first use) and the sets its runs are evaluated on."""
+        if size not in self.places:
+            folder = self.output / 'data' / f'v{size}'
+            build_data(self.e, size, folder, self.say)
+            if self.e['train_images'] < self.batch:
+                raise ExperimentError(f'{self.e["train_images"]} training images are fewer than one batch')
+            self.places[size] = runs.RunPlace(
+                self.output, folder / 'train', tuple(folder / f'{n}_curve' for n in SYNTHETIC_SETS),
+                tuple(folder / n for n in SYNTHETIC_SETS) + tuple(self.benchmarks),
+                tuple(b.name for b in self.benchmarks), frozenset(read_vocabulary(folder)),
+                self.e['train_images'] // self.batch)
+        return self.places[size]
+
+    def run(self, spec: runs.RunSpec) -> dict[str, Any]:
+        """A finished run's cached record, or train it; the report is rewritten after every run."""
+        record = runs.finished_run(self.output, spec)
+        if record is None:
+            record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
+            self.records[spec.run_id] = record
+            self.write()
+        self.records[spec.run_id] = record
+        return record
+
+    def spec(self, arm: str, seed: int, size: int, steps: int | None = None, kind: str = 'steps') -> runs.RunSpec:
+        """The spec of one run of this study."""
+        return runs.RunSpec(arm, seed, steps or self.preset.steps, size, self.preset.arm_tree(arm), kind)
+
+    def sweep(self) -> None:
+        """The baseline alone at every swept |V|; then |V| is chosen unless the preset gives it."""
+        baseline = self.e['baseline']
+        for size in self.e['sweep_vocab_sizes']:
+            records = {seed: self.run(self.spec(baseline, seed, size)) for seed in self.e['sweep_seeds']}
+            self.sweep_rows[size] = {
+                'seeds': len(records), 'renders_per_word': self.e['train_images'] / size,
+                **{key: report.stat(records, value) for key, value in (
+                    ('iv', lambda r: r['final']['iv']['cwr']), ('oov_words', lambda r: r['final']['oov_words']['cwr']),
+                    ('gap', lambda r: report.gap_value(r, 'oov_words', 'cwr')))}}
+        if self.vocab_size is None:
+            self.vocab_size, self.why = choose_vocab_size(self.sweep_rows, self.e['min_gap'], self.e['min_iv'])
+            self.say(f'|V| = {self.vocab_size}: {self.why}')
+
+    def wall_seeds(self) -> list[int]:
+        """Seeds of the equal-wall-clock runs."""
+        if not self.e['equal_wall_clock']:
+            return []
+        arms = self.preset.arms
+        both = [s for s in arms[self.e['reference']].seeds if s in arms[self.e['baseline']].seeds]
+        return self.e['wall_clock_seeds'] if self.e['wall_clock_seeds'] is not None else both
+
+    def ablation(self) -> None:
+        """Every arm over its seeds at the chosen |V|, seed by seed; each seed's equal-wall-clock run after it."""
+        size, baseline, reference = self.vocab_size, self.e['baseline'], self.e['reference']
+        for seed in sorted({s for arm in self.preset.arms.values() for s in arm.seeds}):
+            for arm in self.preset.arms.values():
+                if seed in arm.seeds:
+                    self.run(self.spec(arm.name, seed, size))
+            if seed in self.wall_seeds():
+                base = self.run(self.spec(baseline, seed, size))
+                ref = self.run(self.spec(reference, seed, size))
+                steps = runs.equal_wall_steps(self.preset.steps, ref['train_seconds'], base['train_seconds'])
+                self.run(self.spec(baseline, seed, size, steps, 'wall'))
+
+    def planned(self) -> list[str]:
+        """Run ids of the whole study (|V| shown as '?' before the sweep chose it)."""
+        ids = [self.spec(self.e['baseline'], s, n).run_id for n in self.e['sweep_vocab_sizes']
+               for s in self.e['sweep_seeds']]
+        size = self.vocab_size if self.vocab_size is not None else '?'
+        ids += [f'v{size}-{arm.name}-s{s}' for arm in self.preset.arms.values() for s in arm.seeds]
+        ids += [f'v{size}-{self.e["baseline"]}-wall-s{s}' for s in self.wall_seeds()]
+        return list(dict.fromkeys(ids))
+
+    def columns(self, kind: str) -> dict[str, dict[int, dict[str, Any]]]:
+        """{column: {seed: record}} of the finished runs at the chosen |V|: the arms ('steps'), or the
+        equal-wall-clock baseline beside every other arm ('wall')."""
+        found: dict[str, dict[int, dict[str, Any]]] = {}
+        for record in self.records.values():
+            spec = record['spec']
+            if spec['vocab_size'] == self.vocab_size:
+                name = spec['arm'] + ('_wall' if spec['kind'] == 'wall' else '')
+                found.setdefault(name, {})[spec['seed']] = record
+        steps = {a: found[a] for a in self.preset.arms if a in found}
+        if kind == 'steps':
+            return steps
+        wall = f'{self.e["baseline"]}_wall'
+        if wall not in found:
+            return {}
+        return {wall: found[wall], **{a: c for a, c in steps.items() if a != self.e['baseline']}}
+
+    def test_sets(self) -> list[str]:
+        """Synthetic sets, then each benchmark followed by its in-V and not-in-V parts."""
+        return list(SYNTHETIC_SETS) + [f'{b.name}{part}' for b in self.benchmarks for part in ('', ':in', ':out')]
+
+    def result(self) -> dict[str, Any]:
+        """What results.json holds (paths relative to the output folder)."""
+        sets, baseline = self.test_sets(), self.e['baseline']
+        tables, samples = {}, {}
+        for key, kind in (('same_steps', 'steps'), ('same_wall_clock', 'wall')):
+            columns = self.columns(kind)
+            if columns:
+                tables[key] = report.summarise(columns, sets, f'{baseline}_wall' if kind == 'wall' else baseline)
+                samples = {name: report.samples_of(columns, name) for name in sets}
+        missing = [i for i in self.planned() if i not in self.records]
+        return {'preset': self.preset.path, 'fingerprint': self.preset.fingerprint(), 'experiment': self.e,
+                'steps': self.preset.steps, 'arms': {a.name: {'label': a.label, 'seeds': list(a.seeds)}
+                                                     for a in self.preset.arms.values()},
+                'vocab_size': self.vocab_size, 'sweep': {'sizes': self.sweep_rows, 'chosen': self.vocab_size,
+                                                          'why': self.why},
+                'test_sets': sets, 'samples': samples, 'tables': tables, 'runs': self.records,
+                'complete': not missing, 'missing': missing, 'figures': self.figures(),
+                'environment': environment(self.device),
+                'run_seconds': sum(r['wall_seconds'] + r['test_seconds'] for r in self.records.values())}
+
+    def figures(self) -> dict[str, str]:
+        """Draw the learning curves; {file name: description} of every figure in the folder."""
+        labels = {a.name: a.label for a in self.preset.arms.values()}
+        labels[f'{self.e["baseline"]}_wall'] = labels[self.e['baseline']] + ' (equal wall-clock)'
+        steps, wall = self.columns('steps'), self.columns('wall')
+        shown = {}
+        if steps:
+            figures.plot_curves(steps, labels, self.output / 'curves_steps.png')
+            shown['curves_steps.png'] = 'learning curves (cwr on the curve subsets) against optimiser steps'
+            both = {**steps, **{k: v for k, v in wall.items() if k not in steps}}
+            figures.plot_curves(both, labels, self.output / 'curves_wallclock.png', wall_clock=True)
+            shown['curves_wallclock.png'] = 'the same against training seconds, equal-wall-clock runs included'
+        for name in self.tsne:
+            shown[name] = f't-SNE of character glimpses, {labels[self.e["baseline"]]} beside ' \
+                          f'{labels[self.e["reference"]]} (first common seed, {self.e["tsne_images"]} images)'
+        return shown
+
+    def write(self) -> dict[str, Any]:
+        """results.json and results.md of the runs finished so far."""
+        result = self.result()
+        text = json.dumps(result, indent=1, allow_nan=True)
+        (self.output / 'results.json').write_text(text, encoding='utf-8')
+        (self.output / 'results.md').write_text(report.markdown(result), encoding='utf-8')
+        return result
+
+    def draw_tsne(self) -> None:
+        """The t-SNE pair: baseline and reference arm at their first common seed."""
+        steps = self.columns('steps')
+        base, ref = steps.get(self.e['baseline'], {}), steps.get(self.e['reference'], {})
+        common = sorted(set(base) & set(ref))
+        if self.e['tsne_images'] <= 0 or not common:
+            return
+        start = time.perf_counter()
+        pair = [(self.preset.arms[self.e['baseline']].label, base[common[0]]),
+                (self.preset.arms[self.e['reference']].label, ref[common[0]])]
+        self.tsne = figures.tsne_pair(pair, self.output, self.output / 'data' / f'v{self.vocab_size}',
+                                      self.e['tsne_images'], self.device)
+        self.say(f't-SNE pair in {time.perf_counter() - start:.1f} s')
+
+
+def run_study(preset: Preset, output: Path, device: torch.device) -> dict[str, Any]:
+    """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json."""
+    if preset.experiment['torch_threads']:
+        torch.set_num_threads(preset.experiment['torch_threads'])
+    batch = check_arms(preset, device)
+    resumed = claim_folder(output, preset)
+    say = Progress(output)
+    bench_dir = Path(preset.experiment['benchmark_dir'] or REPO_ROOT.parent / 'shared' / 'benchmarks')
+    benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []
+    say(f'{"resuming" if resumed else "starting"} the study of {preset.path} in {output} on {device}'
+        + ('' if benchmarks or not preset.experiment['benchmarks'] else f'; no benchmark LMDBs in {bench_dir}'))
+    study = Study(preset, output, device, say, benchmarks, batch)
+    study.sweep()
+    study.ablation()
+    study.draw_tsne()
+    result = study.write()
+    say(f'wrote {output / "results.md"} and {output / "results.json"}')
+    return result
