@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from stop_signal import ignore_stop_signals
+from support.stop_signal import ignore_stop_signals
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
 

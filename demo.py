@@ -18,12 +18,12 @@ import cv2
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, load_weights
 from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
+from support.checkpoint import CheckpointError, load_weights
+from support.pictures import attention_maps, attention_picture, save_rgb
 from utils import CharsetMapper, Config, ConfigError, tune_malloc
-from visualization import attention_maps, attention_picture, save_rgb
 
 MODEL_EVALS = ('alignment', 'vision')
 BATCH_SIZE = 64

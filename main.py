@@ -1,14 +1,14 @@
 """Train or evaluate ABINet-Vision / ConCLR-Vision with fastai 1.0.60 (ABINet's command line).
 
 `python main.py --config ...` runs one process per visible GPU (one on the CPU), or `training.processes`: with
-more than one it starts them itself through torch's elastic launcher (launcher.py), so they run exactly as under
+more than one it starts them itself through torch's elastic launcher (support/launcher.py), so they run exactly as under
 `torchrun --nproc_per_node=N main.py --config ...`. Several machines: torchrun with --nnodes and a rendezvous; see
-callbacks/distributed.py.
+support/distributed.py.
 """
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401  (must come before fastai)
+import support.fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import importlib
@@ -31,9 +31,38 @@ from torch.utils.data import DataLoader
 
 from callbacks.amp import MixedPrecision, amp_mode
 from callbacks.conaug import ConAugPretransform
-from callbacks.distributed import (
+from callbacks.distributed import DistributedTrainer
+from callbacks.iteration import IterationCallback
+from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
+from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
+from dataset import (
+    SMALL_SIDE,
+    DatasetError,
+    ImageDataset,
+    dataset_kwargs,
+    get_dataset,
+    limit_opencv_threads,
+    one_line_error,
+    process_rank,
+    seed_worker,
+    shutdown_workers,
+)
+from losses.conclr_loss import ConCLRLoss
+from losses.recognition import RecognitionLoss
+from modules.decoding import decode_logits
+from support.checkpoint import (
+    CheckpointError,
+    ResumePoint,
+    capture_rng,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    periodic_checkpoints,
+    restore_rng,
+    resume_point,
+)
+from support.distributed import (
     DistEnv,
-    DistributedTrainer,
     ResumableDistributedSampler,
     ShardedBatchSampler,
     all_gather_objects,
@@ -48,33 +77,12 @@ from callbacks.distributed import (
     sum_across_ranks,
     unwrap,
 )
-from callbacks.iteration import IterationCallback
-from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
-from callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
-from callbacks.tensorboard_images import log_eval_images
-from checkpoint import CheckpointError, load_checkpoint, load_weights
-from dataset import (
-    SMALL_SIDE,
-    DatasetError,
-    ImageDataset,
-    dataset_kwargs,
-    get_dataset,
-    limit_opencv_threads,
-    one_line_error,
-    process_rank,
-    seed_worker,
-    shutdown_workers,
-)
-from evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
-from launcher import LAUNCHED_BY_ENV, launch, process_count, report_error
-from losses.conclr_loss import ConCLRLoss
-from losses.recognition import RecognitionLoss
-from memory_format import align_optimizer_state, enable_cudnn_autotune, weights_memory_format
-from modules.decoding import decode_logits
-from resume import ResumePoint, capture_rng, find_checkpoint, periodic_checkpoints, restore_rng, resume_point
-from stop_signal import Interrupted, StopSignal, resume_command, signal_name
+from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
+from support.launcher import LAUNCHED_BY_ENV, launch, process_count, report_error
+from support.memory_format import align_optimizer_state, enable_cudnn_autotune, weights_memory_format
+from support.pictures import attention_maps, attention_picture, denormalize, log_eval_images, save_rgb
+from support.stop_signal import Interrupted, StopSignal, resume_command, signal_name
 from utils import CharsetMapper, Config, ConfigError, check_writable, seed_everything, tune_malloc
-from visualization import attention_maps, attention_picture, denormalize, save_rgb
 
 MODEL_EVALS = ('vision',)
 ATTENTION_PICTURES_PER_SET = 16

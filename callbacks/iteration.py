@@ -17,9 +17,9 @@ from typing import Any, Callable
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import sum_tensor_across_ranks
-from checkpoint import save_checkpoint
-from stop_signal import StopSignal, signal_name
+from support.checkpoint import save_checkpoint
+from support.distributed import sum_tensor_across_ranks
+from support.stop_signal import StopSignal, signal_name
 
 KEEP_LAST = 5
 

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from memory_format import dense_like
 from modules.attention import Attention, PositionAttention
 from modules.backbone import ResTransformer
 from modules.decoding import pt_lengths
 from modules.resnet import ResNet45
+from support.memory_format import dense_like
 from utils import CharsetMapper, Config
 
 

@@ -20,8 +20,8 @@ import yaml
 import callbacks.conaug as conaug_module
 import main
 from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params
-from checkpoint import load_checkpoint, load_weights
 from losses.contrastive import contrastive_loss
+from support.checkpoint import load_checkpoint, load_weights
 from tests.helpers import TINY_VISION, render_lmdb, write_config
 from utils import REPO_ROOT, CharsetMapper, Config
 

@@ -20,9 +20,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
-from checkpoint import load_checkpoint
 from dataset import open_lmdb
-from stop_signal import Interrupted, StopSignal
+from support.checkpoint import load_checkpoint
+from support.stop_signal import Interrupted, StopSignal
 from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
 from utils import REPO_ROOT, Config, load_yaml
 

@@ -16,7 +16,7 @@ if __package__ in (None, ''):  # run as a script: make the repository importable
     from pathlib import Path as _Path
     _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
 
-import fastai_compat  # noqa: E402,F401  (must come before fastai)
+import support.fastai_compat  # noqa: E402,F401  (must come before fastai)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -45,7 +45,7 @@ from losses.conclr_loss import ConCLRLoss  # noqa: E402
 from losses.contrastive import contrastive_loss  # noqa: E402
 from losses.recognition import RecognitionLoss  # noqa: E402
 from main import build_model  # noqa: E402
-from memory_format import enable_cudnn_autotune  # noqa: E402
+from support.memory_format import enable_cudnn_autotune  # noqa: E402
 from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc  # noqa: E402
 
 ABINET = 'modules.model_vision.BaseVision'
@@ -921,7 +921,7 @@ def section_demo(s: Settings, report: Report) -> None:
                        ('>=', 3) if key == 'demo.ratio' else None, note=reason)
         return
 
-    from checkpoint import save_checkpoint
+    from support.checkpoint import save_checkpoint
 
     config = model_config(ABINET, s.size, s.config_path)
     tmp = Path(tempfile.mkdtemp(prefix='benchmark_demo_'))

@@ -23,8 +23,8 @@ from torch import nn
 
 if __package__ in (None, ''):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError  # noqa: E402
 from demo import DemoError, load_inference_model  # noqa: E402
+from support.checkpoint import CheckpointError  # noqa: E402
 from utils import Config, ConfigError  # noqa: E402
 
 INPUT_NAME = 'images'

@@ -46,7 +46,7 @@ try:
 except Exception as e:
     facts['torch_error'] = f'{type(e).__name__}: {e}'[:200]
 try:
-    import fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
+    import support.fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
     project = None
 except Exception as e:
     project = f'{type(e).__name__}: {e}'[:300]
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     if args.part == 'setup':
         return 0 if part_setup(args) else 1
-    import fastai_compat  # noqa: F401  (before fastai)
+    import support.fastai_compat  # noqa: F401  (before fastai)
 
     return 0 if {'train': part_train, 'study': part_study}[args.part](args) else 1
 

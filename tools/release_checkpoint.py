@@ -17,7 +17,7 @@ from typing import Sequence
 
 if __package__ in (None, ''):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically  # noqa: E402
+from support.checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically  # noqa: E402
 
 KEPT = ('iteration', 'best_cwr')
 

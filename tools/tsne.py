@@ -20,10 +20,10 @@ import torch
 
 if __package__ in (None, ''):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError  # noqa: E402
 from dataset import DatasetError, ImageDataset, dataset_kwargs  # noqa: E402
 from demo import DemoError, load_inference_model, select_device  # noqa: E402
 from modules.decoding import decode_logits  # noqa: E402
+from support.checkpoint import CheckpointError  # noqa: E402
 from utils import CharsetMapper, Config, ConfigError  # noqa: E402
 
 MIN_POINTS = 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401
+import support.fastai_compat  # noqa: F401
 
 from functools import partial
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import main
 from callbacks.amp import MixedPrecision, amp_mode
-from checkpoint import load_checkpoint
+from support.checkpoint import load_checkpoint
 from tests.helpers import render_lmdb, tiny_config
 from utils import Config
 

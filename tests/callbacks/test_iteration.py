@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401
+import support.fastai_compat  # noqa: F401
 
 import json
 import math
@@ -17,9 +17,10 @@ from fastai.basic_train import Learner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.distributed import DistEnv, DistributedTrainer, setup_rank_logger
+from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback, LossWindow
 from callbacks.nonfinite import NonFiniteGuard
+from support.distributed import DistEnv, setup_rank_logger
 from tests.multiprocess import run_ranks
 
 BATCH, STEPS, SHOW = 2, 10, 4  # windows: iterations 1-4, 5-8 and the final partial one, 9-10

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import main
-from callbacks.distributed import (
+from dataset import dataset_kwargs, get_dataset
+from support.checkpoint import load_checkpoint
+from support.distributed import (
     DistEnv,
     ResumableDistributedSampler,
     ShardedBatchSampler,
@@ -22,9 +24,7 @@ from callbacks.distributed import (
     setup_distributed,
     setup_rank_logger,
 )
-from checkpoint import load_checkpoint
-from dataset import dataset_kwargs, get_dataset
-from evaluation import evaluate
+from support.evaluation import evaluate
 from tests.helpers import render_lmdb, tiny_config, write_config
 from tests.multiprocess import run_killable
 from utils import REPO_ROOT, CharsetMapper, Config, ConfigError

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import ShardedBatchSampler, all_gather_objects, broadcast_buffers, interleave, unwrap
 from callbacks.metrics import TextAccuracy, WordMetrics
+from support.distributed import ShardedBatchSampler, all_gather_objects, broadcast_buffers, interleave, unwrap
 from utils import CharsetMapper
 
 TABLE_COLUMNS = ('dataset', 'samples', 'left out', 'cwr', 'ccr', 'mean ned', '1-ned', 'ted', 'ted/w', 'eval loss')

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import main
-from config_aliases import translate_aliases
+from support.config_aliases import translate_aliases
 from tests.helpers import REPRODUCTION_CONFIG as FIXTURE
 from utils import Config, ConfigError, load_yaml
 
