@@ -101,10 +101,10 @@ class IterationCallback(LearnerCallback):
 
     _order = 10  # after the loss-producing callbacks
 
-    def __init__(self, learn: Learner, name: str, workdir: str | Path, logger: logging.Logger,
+    def __init__(self, learn: Learner, *, name: str, workdir: str | Path, logger: logging.Logger,
                  evaluate: Callable[[int], dict[str, float] | None], writer: Any = None, show_iters: int = 50,
                  eval_iters: int = 3000, save_iters: int = 3000, start_iter: int = 0, max_iters: int | None = None,
-                 best_cwr: float = -1.0, *, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
+                 best_cwr: float = -1.0, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
                  world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
                  saved: list[Path] | None = None, stop: StopSignal | None = None):
         super().__init__(learn)

@@ -191,7 +191,6 @@ SAVE_THEN_HANG = '''
 import signal, sys
 from pathlib import Path
 import torch
-sys.path.insert(0, {repo!r})
 import support.checkpoint as checkpoint
 
 def half_written(obj, f, *args, **kwargs):

@@ -1,6 +1,6 @@
 """Render synthetic word images offline (fonts already on the machine, no downloads) into train/test LMDBs.
 
-    python tools/render_synthetic.py --output data/synth --num_train 20000 --num_test 1000 --seed 0
+    python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0
 
 writes `<output>/train` and `<output>/test` (the test split is new renders of the same vocabulary).
 """
@@ -22,9 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.create_lmdb_dataset import write_lmdb  # noqa: E402
+from tools.create_lmdb_dataset import write_lmdb
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
