@@ -839,6 +839,23 @@ def _demo_flags(demo_main: Callable[..., Any]) -> set[str]:
     return set(re.findall(r"'(--[a-z_]+)'", source))
 
 
+def _demo_argv(s: Settings, flags: set[str], *, config_file: Path, folder: Path, batch: int, checkpoint: Path,
+               output: Path) -> list[str]:
+    """demo.py's arguments for one timed run, limited to the flags it has."""
+    argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(batch)]
+    if '--checkpoint' in flags:
+        argv += ['--checkpoint', str(checkpoint)]
+    if '--cuda' in flags:
+        argv += ['--cuda', str(s.device.index or 0) if s.device.type == 'cuda' else '-1']
+    elif '--device' in flags:
+        argv += ['--device', str(s.device)]
+    if '--image_only' in flags:
+        argv.append('--image_only')
+    if '--output' in flags:
+        argv += ['--output', str(output)]
+    return argv
+
+
 def section_demo(s: Settings, report: Report) -> None:
     """5b. demo.py on a folder of sample images copied N times, at batch 1 and 64."""
     demo_main = _demo_main()
@@ -874,17 +891,8 @@ def section_demo(s: Settings, report: Report) -> None:
         config_file.write_text(_yaml_of(config), encoding='utf-8')
         rates = {}
         for b in (small, large):
-            argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(b)]
-            if '--checkpoint' in flags:
-                argv += ['--checkpoint', str(checkpoint)]
-            if '--cuda' in flags:
-                argv += ['--cuda', str(s.device.index or 0) if s.device.type == 'cuda' else '-1']
-            elif '--device' in flags:
-                argv += ['--device', str(s.device)]
-            if '--image_only' in flags:
-                argv.append('--image_only')
-            if '--output' in flags:
-                argv += ['--output', str(tmp / f'out_{b}')]
+            argv = _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
+                              output=tmp / f'out_{b}')
             with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
                 start = time.perf_counter()
                 status = demo_main(argv)

@@ -283,8 +283,8 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
     return list(dict.fromkeys(w for w in words if w))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the process exit status."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='folder that gets train/ and test/ LMDBs')
     parser.add_argument('--num_train', type=int, default=20000)
@@ -300,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--height', type=int, default=32, help='image height in pixels')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--overwrite', action='store_true', help='replace existing train/test LMDBs')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the process exit status."""
+    args = parse_args(argv)
 
     try:
         output = Path(args.output)
