@@ -122,6 +122,8 @@ class IterationCallback(LearnerCallback):
         self.saved: list[Path] = list(saved or [])
         self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
         self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
+        # seconds and speed of every `show_iters` window (wall, waiting for data, computing, images per second)
+        self.timings: list[dict[str, float]] = []
 
     def on_train_begin(self, **kwargs: Any) -> dict:
         self._window = LossWindow(self._device())
@@ -209,6 +211,8 @@ class IterationCallback(LearnerCallback):
         speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''
+        self.timings.append({'iteration': self.iteration, 'seconds': elapsed, 'data_seconds': self._data_time,
+                             'compute_seconds': self._compute_time, 'images_per_second': speed})
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
                          + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '
                          f'data {self._data_time:.1f} s / compute {self._compute_time:.1f} s{skipped}')

@@ -177,6 +177,9 @@ def test_best_checkpoint_follows_the_highest_cwr(tmp_path):
     state = torch.load(tmp_path / 'best-run.pth', weights_only=True)
     assert state['iteration'] == best_at and state['best_cwr'] == best
     assert [h['cwr'] for h in callback.history] == CWRS
+    # one timing row per logging window (here only the final partial one); no timing value is asserted
+    assert [t['iteration'] for t in callback.timings] == [h['iteration'] for h in callback.train_history] == [24]
+    assert set(callback.timings[0]) == {'iteration', 'seconds', 'data_seconds', 'compute_seconds', 'images_per_second'}
 
 
 def test_periodic_checkpoints_keep_the_last_five(tmp_path):
