@@ -27,8 +27,8 @@ from support.distributed import (
 from support.evaluation import evaluate
 from tests.helpers import render_lmdb, tiny_config, write_config
 from tests.multiprocess import run_killable
+from training import loaders
 from training.builders import build_learner, build_model
-from training.loaders import test_loader
 from training.train import DUMP_FINAL_STATE_ENV, FAIL_AT_ENV
 from utils import REPO_ROOT, CharsetMapper, Config, ConfigError
 
@@ -192,7 +192,7 @@ def test_two_processes_train_identical_weights_and_evaluate_exactly(tmp_path, lm
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
     valid = torch.utils.data.ConcatDataset(list(sets.values()))
-    dl = test_loader(config, valid, torch.device('cpu'))
+    dl = loaders.test_loader(config, valid, torch.device('cpu'))
     learn = build_learner(config, build_model(config), dl.dl, dl.dl, torch.device('cpu'))
     single = evaluate(learn, dl, charset)
     assert last['loss'] == single.loss
