@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from stop_signal import ignore_stop_signals
+from support.stop_signal import ignore_stop_signals
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
 
@@ -384,17 +384,20 @@ def dataset_kwargs(config: Any, is_training: bool) -> dict[str, Any]:
 
 
 def get_dataset(roots: Sequence[str | os.PathLike], charset: CharsetMapper, is_training: bool,
-                **kwargs: Any) -> ConcatDataset | dict[str, ImageDataset]:
-    """Training: one ConcatDataset of every root. Test: {root folder name: ImageDataset}, in the given order."""
+                **kwargs: Any) -> ConcatDataset:
+    """One ConcatDataset of an ImageDataset per root, in the given order (`.datasets[i].name` names each)."""
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     if not roots:
         raise DatasetError('no dataset roots given')
-    datasets = [ImageDataset(root, charset, is_training, **kwargs) for root in roots]
-    if is_training:
-        return ConcatDataset(datasets)
+    return ConcatDataset([ImageDataset(root, charset, is_training, **kwargs) for root in roots])
+
+
+def named_test_sets(roots: Sequence[str | os.PathLike], charset: CharsetMapper,
+                    **kwargs: Any) -> dict[str, ImageDataset]:
+    """The evaluation sets {root folder name: ImageDataset}, in the given order; the names must differ."""
     named: dict[str, ImageDataset] = {}
-    for ds in datasets:
+    for ds in get_dataset(roots, charset, False, **kwargs).datasets:
         if ds.name in named:
             raise DatasetError(f'two test roots share the name {ds.name!r}: {named[ds.name].path}, {ds.path}')
         named[ds.name] = ds

@@ -12,25 +12,22 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, load_weights
 from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
+from support.checkpoint import CheckpointError
+from support.inference import InferenceError, load_inference_model, select_device
+from support.pictures import attention_maps, attention_picture, save_rgb
 from utils import CharsetMapper, Config, ConfigError, tune_malloc
-from visualization import attention_maps, attention_picture, save_rgb
 
 MODEL_EVALS = ('alignment', 'vision')
 BATCH_SIZE = 64
-
-
-class DemoError(RuntimeError):
-    """Input the demo cannot work with: no image, no checkpoint, no such device."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,25 +61,11 @@ def checkpoint_paths(config: Config, checkpoint: str | None) -> list[str]:
     if not chosen:
         best = config.workdir / f'best-{config.global_name}.pth'
         if not best.is_file():
-            raise DemoError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
+            raise InferenceError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
                             'first, or pass --checkpoint PATH)')
         note(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
         chosen = str(best)
     return [p for p in (config.model_vision_checkpoint, chosen) if p]
-
-
-def load_inference_model(config: Config, checkpoints: str | Sequence[str], device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] | None = None) -> BaseVision:
-    """BaseVision built from `config` with the checkpoint(s) loaded, in eval mode on `device`.
-
-    Any vision checkpoint fits (official ABINet-Vision, full ABINet with `vision.` keys, BaseVision, ConCLR in
-    this project's or the reproduction's key names): the ConCLR projection head plays no part in recognition, so
-    it is neither built nor required (`log`, default the project logger, says it was left out).
-    """
-    model = BaseVision(config)
-    for path in [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints:
-        load_weights(model, path, strict=config.model_strict, log=log)
-    return model.to(device).eval()
 
 
 def find_files(pattern: str) -> list[str]:
@@ -91,11 +74,11 @@ def find_files(pattern: str) -> list[str]:
         names = sorted(n for n in os.listdir(pattern) if not n.startswith('.'))
         files = [os.path.join(pattern, n) for n in names if os.path.isfile(os.path.join(pattern, n))]
         if not files:
-            raise DemoError(f'no file in folder {pattern}')
+            raise InferenceError(f'no file in folder {pattern}')
         return files
     files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not files:
-        raise DemoError(f'no file matches --input {pattern}')
+        raise InferenceError(f'no file matches --input {pattern}')
     return files
 
 
@@ -147,17 +130,6 @@ def picture_name(path: str, used: set[str]) -> str:
     return name
 
 
-def select_device(cuda: int) -> torch.device:
-    """cuda:<index>, or the CPU for a negative index."""
-    if cuda < 0:
-        return torch.device('cpu')
-    if not torch.cuda.is_available():
-        raise DemoError(f'--cuda {cuda}: no CUDA device available (use --cuda -1 for the CPU)')
-    if cuda >= torch.cuda.device_count():
-        raise DemoError(f'--cuda {cuda}: only {torch.cuda.device_count()} CUDA device(s)')
-    return torch.device(f'cuda:{cuda}')
-
-
 @torch.no_grad()
 def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: CharsetMapper,
              device: torch.device, output: Path | None, batch_size: int = BATCH_SIZE) -> list[tuple[str, str, float]]:
@@ -188,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.model_eval != 'vision':
-            raise DemoError(f"--model_eval {args.model_eval}: only 'vision' exists in this project (it holds the "
+            raise InferenceError(f"--model_eval {args.model_eval}: only 'vision' exists in this project (it holds the "
                             'ABINet vision model, not the language or alignment models)')
         if args.batch_size < 1:
-            raise DemoError(f'--batch_size must be positive, got {args.batch_size}')
+            raise InferenceError(f'--batch_size must be positive, got {args.batch_size}')
         config = Config(args.config)
         for line in config.translations:
             note(line)
@@ -204,10 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = None if args.image_only else Path(args.output) if args.output else config.workdir / 'demo'
         results = run_demo(model, config, files, charset, device, output, args.batch_size)
         if not results:
-            raise DemoError(f'no readable image among the {len(files)} file(s) of --input {args.input}')
+            raise InferenceError(f'no readable image among the {len(files)} file(s) of --input {args.input}')
         if output is not None:
             print(f'attention pictures of {len(results)} image(s) written to {output}', file=sys.stderr)
-    except (DemoError, ConfigError, CheckpointError, OSError, ValueError) as e:
+    except (InferenceError, ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import yaml
 
-from config_aliases import AliasError, translate_aliases
-from config_ranges import coerce_number, range_problem
+from support.config_aliases import AliasError, translate_aliases
+from support.config_ranges import coerce_number, range_problem
 
 REPO_ROOT = Path(__file__).resolve().parent
 TEMPLATE_PATH = REPO_ROOT / 'configs' / 'template.yaml'
@@ -110,7 +110,7 @@ class Config:
         self.__dict__['_known'] = dict(values)
         self.__dict__['_values'] = values
         self.__dict__['path'] = str(path) if path is not None else None
-        self.__dict__['translations'] = []  # one line per upstream alias translated (config_aliases.py)
+        self.__dict__['translations'] = []  # one line per upstream alias translated (support/config_aliases.py)
         if path is not None:
             self.update(self._translated(_flatten(load_yaml(path)), str(path)), source=str(path))
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastai.callback import Callback
 
-from visualization import denormalize
+from support.pictures import denormalize
 
 SIDES = ('fixed', 'batch', 'sample')
 

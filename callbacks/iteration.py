@@ -17,9 +17,9 @@ from typing import Any, Callable
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import sum_tensor_across_ranks
-from checkpoint import save_checkpoint
-from stop_signal import StopSignal, signal_name
+from support.checkpoint import save_checkpoint
+from support.distributed import sum_tensor_across_ranks
+from support.stop_signal import StopSignal, signal_name
 
 KEEP_LAST = 5
 
@@ -101,10 +101,10 @@ class IterationCallback(LearnerCallback):
 
     _order = 10  # after the loss-producing callbacks
 
-    def __init__(self, learn: Learner, name: str, workdir: str | Path, logger: logging.Logger,
+    def __init__(self, learn: Learner, *, name: str, workdir: str | Path, logger: logging.Logger,
                  evaluate: Callable[[int], dict[str, float] | None], writer: Any = None, show_iters: int = 50,
                  eval_iters: int = 3000, save_iters: int = 3000, start_iter: int = 0, max_iters: int | None = None,
-                 best_cwr: float = -1.0, *, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
+                 best_cwr: float = -1.0, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
                  world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
                  saved: list[Path] | None = None, stop: StopSignal | None = None):
         super().__init__(learn)
@@ -122,7 +122,7 @@ class IterationCallback(LearnerCallback):
         self.saved: list[Path] = list(saved or [])
         self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
         self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
-        # {'iteration', 'steps', 'seconds'} of every window: training time without evaluation or checkpoint saving
+        # every `show_iters` window: steps, seconds (training only: no evaluation or saving), data/compute split, speed
         self.timings: list[dict[str, float]] = []
 
     def on_train_begin(self, **kwargs: Any) -> dict:
@@ -208,10 +208,12 @@ class IterationCallback(LearnerCallback):
         means, skipped_steps = self._window.reduce()
         self.train_history.append({'iteration': self.iteration, **means})
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        self.timings.append({'iteration': self.iteration, 'steps': len(self._window), 'seconds': elapsed})
         speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''
+        self.timings.append({'iteration': self.iteration, 'steps': len(self._window), 'seconds': elapsed,
+                             'data_seconds': self._data_time,
+                             'compute_seconds': self._compute_time, 'images_per_second': speed})
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
                          + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '
                          f'data {self._data_time:.1f} s / compute {self._compute_time:.1f} s{skipped}')

@@ -8,10 +8,8 @@ from typing import Any, Sequence
 import editdistance
 from fastai.basic_train import LearnerCallback
 
-from modules.decoding import decode_logits, onehot_texts, pt_lengths
+from modules.decoding import decode_logits, onehot_texts
 from utils import CharsetMapper
-
-__all__ = ['METRIC_NAMES', 'TextAccuracy', 'WordMetrics', 'decode_logits', 'onehot_texts', 'pt_lengths']
 
 METRIC_NAMES = ('cwr', 'ccr', 'ned', '1-ned', 'ted', 'ted/w')
 
@@ -83,22 +81,6 @@ class WordMetrics:
         return f'WordMetrics({self.summary()})'
 
 
-def _pick_output(output: Any, model_eval: str) -> dict:
-    """The last output dict named `model_eval` in a dict or a (nested) list of dicts, else the last dict."""
-    if isinstance(output, dict):
-        return output
-    flat = []
-    stack = list(output)
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, (list, tuple)):
-            stack[:0] = list(item)
-        else:
-            flat.append(item)
-    named = [item for item in flat if item.get('name') == model_eval]
-    return named[-1] if named else flat[-1]
-
-
 class TextAccuracy(LearnerCallback):
     """fastai 1.0.60 callback adding METRIC_NAMES, in that order, to `last_metrics` at the end of validation.
 
@@ -110,12 +92,10 @@ class TextAccuracy(LearnerCallback):
 
     _order = -20  # before Recorder (-10), so its names and values are in place when the Recorder reads them
 
-    def __init__(self, learn, charset: CharsetMapper, case_sensitive: bool = False, model_eval: str = 'vision',
-                 record: bool = False):
+    def __init__(self, learn, charset: CharsetMapper, case_sensitive: bool = False, record: bool = False):
         super().__init__(learn)
         self.charset = charset
         self.case_sensitive = case_sensitive
-        self.model_eval = model_eval
         self.record = record
         # As a metric, CallbackHandler lists one name for it (`name`); the other five are added to the Recorder.
         self.name = METRIC_NAMES[0]
@@ -144,8 +124,7 @@ class TextAccuracy(LearnerCallback):
         """Decode a validation batch and accumulate its metrics."""
         if train:
             return
-        output = _pick_output(last_output, self.model_eval)
-        preds, confidences, _ = decode_logits(output['logits'], self.charset)
+        preds, confidences, _ = decode_logits(last_output['logits'], self.charset)
         gt_labels = last_target[0] if isinstance(last_target, (list, tuple)) else last_target
         gts = onehot_texts(gt_labels, self.charset)
         self.metrics.update(preds, gts)

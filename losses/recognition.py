@@ -1,8 +1,8 @@
-"""Recognition loss: soft cross-entropy over the valid slots of a batch, summed over weighted model outputs."""
+"""Recognition loss: soft cross-entropy over the valid slots of a batch, times the weight the config gives."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,62 +35,30 @@ def recognition_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch
     return total / mask.sum().clamp(min=1)
 
 
-def _merge_iterations(outputs: Sequence[dict]) -> tuple[torch.Tensor, dict]:
-    """Stack the logits of an inner list (iterations of one output) into K x N x T x C; the first dict names it."""
-    if not outputs:
-        raise ValueError('empty list of outputs inside an output list')
-    flat = []
-    for output in outputs:
-        if isinstance(output, (list, tuple)):
-            flat.extend(output)
-        else:
-            flat.append(output)
-    return torch.stack([o['logits'] for o in flat]), flat[0]
+def first_weight(loss_weight: float | list[float]) -> float:
+    """The original view's weight of `model.vision.loss_weight` (a number, or its first value when a list)."""
+    return float(loss_weight[0] if isinstance(loss_weight, list) else loss_weight)
 
 
 class RecognitionLoss(nn.Module):
-    """Sum over model outputs of loss_weight * recognition_loss; records each weighted term in `self.losses`.
+    """`weight` * recognition_loss of the model output's `logits`; records the detached term in `self.losses`.
 
-    `outputs` is a dict (`logits`, `loss_weight`, `name`) or a list of them. An item of that list that is itself a
-    list (the iterations of one output, as in ABINet's alignment loop) counts once: its loss is the mean over the
-    iterations, weighted and named by its first dict (what ABINet gets by concatenating them along the batch).
-    Outputs with loss_weight <= 0 are skipped. `self.losses[f'{name}_loss']` holds the detached weighted term
-    of the last call (terms of outputs sharing a name are added).
+    The weight comes from the config (`model.vision.loss_weight`, see training/builders.py), not from the
+    model; `self.losses[f'{name}_loss']` holds the term of the last call for the logging callback.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weight: float = 1.0, name: str = 'vision') -> None:
         super().__init__()
+        self.weight, self.name = float(weight), name
         self.losses: dict[str, torch.Tensor] = {}
 
-    def forward(self, outputs: dict | Sequence[Any], gt_labels: torch.Tensor, gt_lengths: torch.Tensor, *args: Any,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Weighted loss of every output against one-hot `gt_labels` (N x T x C) and `gt_lengths` (N)."""
-        self.losses = {}
-        items = [outputs] if isinstance(outputs, dict) else list(outputs)
-        total = None
-        for item in items:
-            if isinstance(item, (list, tuple)):
-                stacked, head = _merge_iterations(item)
-                weight = float(head.get('loss_weight', 1.0))
-                if weight <= 0:
-                    continue
-                k = stacked.shape[0]
-                flat_logits = stacked.reshape(k * stacked.shape[1], *stacked.shape[2:])
-                rep = gt_labels.repeat(k, 1, 1)
-                loss = recognition_loss(flat_logits, rep, gt_lengths.repeat(k),
-                                        None if valid is None else valid.repeat(k))
-            else:
-                head = item
-                weight = float(head.get('loss_weight', 1.0))
-                if weight <= 0:
-                    continue
-                loss = recognition_loss(head['logits'], gt_labels, gt_lengths, valid)
-            term = weight * loss
-            name = head.get('name')
-            if name is not None:
-                key = f'{name}_loss'
-                self.losses[key] = self.losses.get(key, 0.0) + term.detach()
-            total = term if total is None else total + term
-        if total is None:
-            return gt_labels.new_zeros((), dtype=torch.float32)
-        return total
+    def forward(self, output: dict[str, torch.Tensor], gt_labels: torch.Tensor, gt_lengths: torch.Tensor,
+                *args: Any, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted loss of `output['logits']` against one-hot `gt_labels` (N x T x C) and `gt_lengths` (N);
+        further target items (ConCLR's view targets) are ignored."""
+        if not isinstance(output, dict):
+            raise TypeError(f'RecognitionLoss takes one output dict, got {type(output).__name__} (a ConCLR model '
+                            'trains with ConCLRLoss)')
+        term = self.weight * recognition_loss(output['logits'], gt_labels, gt_lengths, valid)
+        self.losses = {f'{self.name}_loss': term.detach()}
+        return term

@@ -7,9 +7,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from memory_format import dense_like
 from modules.positional_encoding import PositionalEncoding
 from modules.resnet import ResNet45
+from support.memory_format import dense_like
 
 
 class ResTransformer(nn.Module):

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from memory_format import dense_like
 from modules.attention import Attention, PositionAttention
 from modules.backbone import ResTransformer
 from modules.decoding import pt_lengths
 from modules.resnet import ResNet45
+from support.memory_format import dense_like
 from utils import CharsetMapper, Config
 
 
@@ -26,7 +26,6 @@ class BaseVision(nn.Module):
         super().__init__()
         self.max_length = config.dataset_max_length + 1
         self.num_classes = CharsetMapper(config.dataset_charset_path, config.dataset_max_length).num_classes
-        self.loss_weight = config.model_vision_loss_weight
         d_model = config.model_vision_d_model
         feature_size = _feature_size(config)
         widths, layers = config.model_vision_resnet_widths, config.model_vision_resnet_layers
@@ -68,12 +67,11 @@ class BaseVision(nn.Module):
         attn_vecs, attn_scores = self.attention(features)
         return attn_vecs, attn_scores, self.cls(attn_vecs)
 
-    def output(self, attn_vecs: torch.Tensor, attn_scores: torch.Tensor, logits: torch.Tensor,
-               loss_weight: float, name: str = 'vision') -> dict[str, Any]:
-        """The ABINet output dict of one recognition head."""
-        return {'feature': attn_vecs, 'logits': logits, 'pt_lengths': pt_lengths(logits),
-                'attn_scores': attn_scores, 'loss_weight': loss_weight, 'name': name}
+    @staticmethod
+    def output(attn_vecs: torch.Tensor, attn_scores: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ABINet output dict of one recognition head (tensors only: the loss holds weights and names)."""
+        return {'feature': attn_vecs, 'logits': logits, 'pt_lengths': pt_lengths(logits), 'attn_scores': attn_scores}
 
-    def forward(self, images: torch.Tensor, *args: Any) -> dict[str, Any]:
-        weight = self.loss_weight[0] if isinstance(self.loss_weight, list) else self.loss_weight
-        return self.output(*self.recognise(images), loss_weight=weight)
+    def forward(self, images: torch.Tensor, *args: Any) -> dict[str, torch.Tensor]:
+        """images N x 3 x H x W -> the output dict (further arguments are ignored)."""
+        return self.output(*self.recognise(images))

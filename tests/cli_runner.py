@@ -1,10 +1,11 @@
 """Run the project's scripts as a user would (`python main.py ...`), without paying the imports for every run.
 
 A multiprocessing fork server imports main, demo and the tools once; every run is a fresh process forked from it
-that executes the script as `__main__` (runpy) with its own argv, working directory, environment, stdout and
-stderr files, in a process group of its own (a signal to the group reaches its DataLoader workers, as a terminal's
-Ctrl-C does). An uncaught exception prints a traceback and exits 1, `sys.exit(n)` exits n and a signal the process
-does not handle kills it (a negative status, as subprocess reports it), just as for `python script.py`.
+that executes the script as `__main__` (runpy; the repository root is on the path, as for `python -m tools.x`)
+with its own argv, working directory, environment, stdout and stderr files, in a process group of its own (a
+signal to the group reaches its DataLoader workers, as a terminal's Ctrl-C does). An uncaught exception prints a
+traceback and exits 1, `sys.exit(n)` exits n and a signal the process does not handle kills it (a negative
+status, as subprocess reports it), just as for `python script.py`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ def _run_script(script: str, argv: list[str], cwd: str, env: dict[str, str], out
     sys.stdout = open(1, 'w', buffering=1, encoding='utf-8', closefd=False)
     sys.stderr = open(2, 'w', buffering=1, encoding='utf-8', closefd=False)
     sys.argv = [script, *argv]
-    sys.path[0] = str(Path(script).parent)
     runpy.run_path(script, run_name='__main__')
 
 

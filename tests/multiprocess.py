@@ -9,7 +9,7 @@ instead of blocking the suite. `run_killable` does the same for one command (e.g
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401  (the target modules import fastai)
+import support.fastai_compat  # noqa: F401  (the target modules import fastai)
 
 import datetime
 import importlib

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 import main
-from checkpoint import load_checkpoint
+from support.checkpoint import load_checkpoint
 from tests.cli_runner import Finished, Run, run
 from tests.helpers import TINY_VISION, free_port, render_lmdb
 from tools.create_lmdb_dataset import write_lmdb
@@ -191,8 +191,7 @@ SAVE_THEN_HANG = '''
 import signal, sys
 from pathlib import Path
 import torch
-sys.path.insert(0, {repo!r})
-import checkpoint
+import support.checkpoint as checkpoint
 
 def half_written(obj, f, *args, **kwargs):
     f.write(b'PK\\x03\\x04 the first bytes of a checkpoint')

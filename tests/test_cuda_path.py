@@ -20,8 +20,9 @@ import yaml
 import callbacks.conaug as conaug_module
 import main
 from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params
-from checkpoint import load_checkpoint, load_weights
+from callbacks.iteration import IterationCallback
 from losses.contrastive import contrastive_loss
+from support.checkpoint import load_checkpoint, load_weights
 from tests.helpers import TINY_VISION, render_lmdb, write_config
 from utils import REPO_ROOT, CharsetMapper, Config
 
@@ -69,7 +70,7 @@ def run_config(folder, lmdbs, model_name: str, amp: str = 'off', **dataset) -> C
            'model': model}))
 
 
-def train(config: Config, device: torch.device, monkeypatch) -> main.IterationCallback:
+def train(config: Config, device: torch.device, monkeypatch) -> IterationCallback:
     """main.train with ConAug drawing from its own seeded generator.
 
     Dropout draws from the CPU generator on the CPU (even at p = 0) and from the CUDA one on a GPU, so the global

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-import main
 from dataset import (
     DatasetError,
     DatasetNotFoundError,
@@ -18,10 +17,12 @@ from dataset import (
     dataset_kwargs,
     decode_image,
     get_dataset,
+    named_test_sets,
     one_line_error,
     seed_worker,
 )
 from tools.create_lmdb_dataset import write_lmdb
+from training.train import replaced_summary
 from utils import REPO_ROOT, CharsetMapper, Config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'benchmarks'
@@ -256,7 +257,7 @@ def test_small_image_count_is_shared_with_workers_and_summed_in_the_log_line(tmp
     texts = [charset.decode(row.argmax(-1)) for _, (onehots, _) in loader for row in onehots]
     assert len(texts) == 10 and 'tiny' not in texts and 'bad' not in texts
     assert ds.num_small >= 1 and ds.num_replaced >= 1  # counted in worker processes, seen here
-    line = main.replaced_summary(ConcatDataset([ds]), torch.device('cpu'))
+    line = replaced_summary(ConcatDataset([ds]), torch.device('cpu'))
     assert f'{ds.num_replaced} unreadable' in line and f'{ds.num_small} too small (a side of 6 px or less)' in line
 
 
@@ -342,12 +343,12 @@ def test_get_dataset(tmp_path, charset):
     b = _lmdb(tmp_path / 'B', [(_png(), 'three')])
     train = get_dataset([a, b], charset, is_training=True, data_aug=False)
     assert isinstance(train, ConcatDataset) and len(train) == 3
-    test = get_dataset([str(b) + '/', a], charset, is_training=False, img_w=64)
+    test = named_test_sets([str(b) + '/', a], charset, img_w=64)
     assert list(test) == ['B', 'A'] and len(test['A']) == 2 and test['B'][0][0].shape == (3, 32, 64)
     (tmp_path / 'x').mkdir()
     c = _lmdb(tmp_path / 'x' / 'A', [(_png(), 'four')])
     with pytest.raises(DatasetError, match='share the name'):
-        get_dataset([a, c], charset, is_training=False)
+        named_test_sets([a, c], charset)
 
 
 def test_dataset_kwargs_from_config():

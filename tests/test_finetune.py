@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 import main
-from checkpoint import load_checkpoint, save_checkpoint
 from modules.model_vision import BaseVision
+from support.checkpoint import load_checkpoint, save_checkpoint
 from tests.helpers import WORDS, randomise, tiny_config
 from tools import create_lmdb_dataset
 from tools.render_synthetic import find_fonts, render_word

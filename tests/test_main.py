@@ -20,9 +20,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
-from checkpoint import load_checkpoint
+import training.train
 from dataset import open_lmdb
-from stop_signal import Interrupted, StopSignal
+from support.checkpoint import load_checkpoint
+from support.stop_signal import Interrupted, StopSignal
 from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
 from utils import REPO_ROOT, Config, load_yaml
 
@@ -297,7 +298,7 @@ def test_signal_during_an_evaluation_abandons_it_and_saves_without_a_best(tmp_pa
     path = tiny_config(tmp_path, train_root, [test_root], max_iters=1000, eval_iters=3, save_iters=1000)
     config = Config(path)
     batches = []
-    real_evaluate = main.evaluate
+    real_evaluate = training.train.evaluate
 
     def evaluate_then_interrupt(learn, dl, *args, should_stop=None, **kwargs):
         def stop_after_first_batch():  # the signal arrives while the first evaluation batch runs
@@ -308,7 +309,7 @@ def test_signal_during_an_evaluation_abandons_it_and_saves_without_a_best(tmp_pa
             return should_stop()
         return real_evaluate(learn, dl, *args, should_stop=stop_after_first_batch, **kwargs)
 
-    monkeypatch.setattr(main, 'evaluate', evaluate_then_interrupt)
+    monkeypatch.setattr(training.train, 'evaluate', evaluate_then_interrupt)
     stop = StopSignal()
     with pytest.raises(Interrupted) as info, stop.installed():
         main.train(config, torch.device('cpu'), stop=stop)

@@ -91,7 +91,7 @@ def test_setting_and_reading_unknown_attributes_fail():
 
 
 def test_every_shipped_config_loads():
-    # experiment_*.yaml are presets of tools/ood_experiment.py (tested there), not project configs.
+    # experiment_*.yaml are presets of tools/ood (tested there), not project configs.
     paths = [p for p in sorted((REPO_ROOT / 'configs').glob('*.yaml')) if not p.name.startswith('experiment_')]
     assert len(paths) >= 5
     for path in paths:

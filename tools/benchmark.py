@@ -1,8 +1,8 @@
 """Benchmark harness: training throughput, ConAug, contrastive loss, input pipeline, inference and demo speed.
 
-    python tools/benchmark.py --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
-    python tools/benchmark.py --quick                           # tiny model, seconds (used by the test suite)
-    python tools/benchmark.py --size official --batch 384 --device cuda --fit_batch --channels_last \
+    python -m tools.benchmark --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
+    python -m tools.benchmark --quick                           # tiny model, seconds (used by the test suite)
+    python -m tools.benchmark --size official --batch 384 --device cuda --fit_batch --channels_last \
         --cudnn_benchmark --infer_batch 384 --output gpu.json     # the GPU rows (tools/gpu_check.sh runs this)
 
 Measures on the machine at hand, prints one table (metric, value, target, PASS/FAIL, note) and saves it as JSON.
@@ -11,42 +11,36 @@ Timings are medians over repeated runs after warm-up; targets are checked here, 
 
 from __future__ import annotations
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    import sys as _sys
-    from pathlib import Path as _Path
-    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+import support.fastai_compat  # noqa: F401  (must come before fastai)
 
-import fastai_compat  # noqa: E402,F401  (must come before fastai)
+import argparse
+import contextlib
+import gc
+import importlib
+import inspect
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import importlib  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterator  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params  # noqa: E402
-from losses.conclr_loss import ConCLRLoss  # noqa: E402
-from losses.contrastive import contrastive_loss  # noqa: E402
-from losses.recognition import RecognitionLoss  # noqa: E402
-from main import build_model  # noqa: E402
-from memory_format import enable_cudnn_autotune  # noqa: E402
-from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc  # noqa: E402
+from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params
+from losses.contrastive import contrastive_loss
+from support.memory_format import enable_cudnn_autotune
+from tools.loop_references import conaug_loop, contrastive_loss_loop
+from training.builders import build_loss, build_model, is_conclr, optimizer_func
+from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc
 
 ABINET = 'modules.model_vision.BaseVision'
 CONCLR = 'modules.model_conclr.ConCLR_Vision'
@@ -257,18 +251,13 @@ def make_train_step(model: nn.Module, config: Config, batch: tuple[torch.Tensor,
                     precision: str = 'amp_off', channels_last: bool = False) -> Callable[[], torch.Tensor]:
     """One training step as training does it: (ConAug,) forward, loss, backward, clipping, Adam step; returns the
     step's loss. `channels_last` stores the model channels-last on CUDA, as training.channels_last does."""
-    conclr = hasattr(model, 'projection_head')
+    conclr = is_conclr(model)
     model.to(device).train()
     if channels_last and device.type == 'cuda':
         model.to(memory_format=torch.channels_last)
-    opt_args = {k.removeprefix('optimizer_args_'): tuple(v) if isinstance(v, list) else v
-                for k, v in config.items() if k.startswith('optimizer_args_') and v is not None}
-    opt = getattr(torch.optim, config.optimizer_type)(model.parameters(), lr=config.optimizer_lr, **opt_args)
-    if conclr:
-        loss_func: nn.Module = ConCLRLoss(config.training_tau, config.training_alpha, config.training_include_eos)
-        pretransform = ConAugPretransform(side=config.conaug_side)
-    else:
-        loss_func, pretransform = RecognitionLoss(), None
+    opt = optimizer_func(config)(model.parameters(), lr=config.optimizer_lr)  # training's optimiser and loss
+    loss_func = build_loss(config, conclr)
+    pretransform = ConAugPretransform(side=config.conaug_side) if conclr else None
     scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
     clip = config.optimizer_clip_grad
     images, labels, lengths = batch
@@ -299,60 +288,7 @@ def make_train_step(model: nn.Module, config: Config, batch: tuple[torch.Tensor,
     return step
 
 
-# ----------------------------------------------------------------------------------------------- loop references
-
-
-def conaug_loop(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, perm: torch.Tensor,
-                partner_left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain per-sample reference of `conaug`: one pair at a time, same outputs (images, labels, lengths, valid)."""
-    n, _, h, w = images.shape
-    t_slots = labels.shape[1]
-    perm_list, left_list, length_list = perm.tolist(), partner_left.tolist(), lengths.tolist()
-    out_images, out_labels, out_lengths, out_valid = [], [], [], []
-    for i in range(n):
-        left, right = (perm_list[i], i) if left_list[i] else (i, perm_list[i])
-        pair = torch.cat([images[left], images[right]], dim=2).unsqueeze(0)  # 1 x 3 x H x 2W
-        out_images.append(F.interpolate(pair, size=(h, w), mode='bilinear', align_corners=False)[0])
-        chars_left, chars_right = int(length_list[left]) - 1, int(length_list[right]) - 1
-        target = torch.empty_like(labels[i])
-        target[:chars_left] = labels[left, :chars_left]
-        target[chars_left:] = labels[right, :t_slots - chars_left]
-        out_labels.append(target)
-        out_lengths.append(min(chars_left + chars_right + 1, t_slots))
-        out_valid.append(chars_left + chars_right <= t_slots - 1)
-    return (torch.stack(out_images), torch.stack(out_labels),
-            torch.tensor(out_lengths, dtype=lengths.dtype, device=lengths.device),
-            torch.tensor(out_valid, dtype=torch.bool, device=images.device))
-
-
-def contrastive_loss_loop(z1: torch.Tensor, z2: torch.Tensor, labels1: torch.Tensor, labels2: torch.Tensor,
-                          lengths1: torch.Tensor, lengths2: torch.Tensor, tau: float = 2.0, include_eos: bool = False,
-                          valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain per-anchor reference of `contrastive_loss` (conclr.md section 3), written straight from the formula."""
-    n, t_slots, _ = z1.shape
-    valid_list = [True] * n if valid is None else valid.tolist()
-    extra = 0 if include_eos else 1
-    pair_losses = []
-    for i in range(n):
-        if not valid_list[i]:
-            continue
-        k1 = min(int(lengths1[i]) - extra, t_slots)
-        k2 = min(int(lengths2[i]) - extra, t_slots)
-        z = torch.cat([z1[i, :k1], z2[i, :k2]]).float()  # the positions M(i)
-        labels = labels1[i, :k1].tolist() + labels2[i, :k2].tolist()
-        pair = z.new_zeros(())
-        for m in range(len(labels)):
-            others = [a for a in range(len(labels)) if a != m]  # A(m)
-            positives = [j for j, a in enumerate(others) if labels[a] == labels[m]]  # P(m), as indices into A(m)
-            if not positives:
-                continue
-            sims = z[others] @ z[m] / tau  # s(m, a) for a in A(m)
-            log_norm = torch.logsumexp(sims, dim=0)
-            pair = pair + (log_norm - sims[positives]).mean()
-        pair_losses.append(pair)
-    if not pair_losses:
-        return (z1.sum() + z2.sum()).float() * 0.0
-    return torch.stack(pair_losses).mean()
+# ----------------------------------------------------------------------------------------------- loop-reference checks
 
 
 def conaug_check(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, seed: int = 0) -> bool:
@@ -903,6 +839,23 @@ def _demo_flags(demo_main: Callable[..., Any]) -> set[str]:
     return set(re.findall(r"'(--[a-z_]+)'", source))
 
 
+def _demo_argv(s: Settings, flags: set[str], *, config_file: Path, folder: Path, batch: int, checkpoint: Path,
+               output: Path) -> list[str]:
+    """demo.py's arguments for one timed run, limited to the flags it has."""
+    argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(batch)]
+    if '--checkpoint' in flags:
+        argv += ['--checkpoint', str(checkpoint)]
+    if '--cuda' in flags:
+        argv += ['--cuda', str(s.device.index or 0) if s.device.type == 'cuda' else '-1']
+    elif '--device' in flags:
+        argv += ['--device', str(s.device)]
+    if '--image_only' in flags:
+        argv.append('--image_only')
+    if '--output' in flags:
+        argv += ['--output', str(output)]
+    return argv
+
+
 def section_demo(s: Settings, report: Report) -> None:
     """5b. demo.py on a folder of sample images copied N times, at batch 1 and 64."""
     demo_main = _demo_main()
@@ -921,7 +874,7 @@ def section_demo(s: Settings, report: Report) -> None:
                        ('>=', 3) if key == 'demo.ratio' else None, note=reason)
         return
 
-    from checkpoint import save_checkpoint
+    from support.checkpoint import save_checkpoint
 
     config = model_config(ABINET, s.size, s.config_path)
     tmp = Path(tempfile.mkdtemp(prefix='benchmark_demo_'))
@@ -938,17 +891,8 @@ def section_demo(s: Settings, report: Report) -> None:
         config_file.write_text(_yaml_of(config), encoding='utf-8')
         rates = {}
         for b in (small, large):
-            argv = ['--config', str(config_file), '--input', str(folder), '--batch_size', str(b)]
-            if '--checkpoint' in flags:
-                argv += ['--checkpoint', str(checkpoint)]
-            if '--cuda' in flags:
-                argv += ['--cuda', str(s.device.index or 0) if s.device.type == 'cuda' else '-1']
-            elif '--device' in flags:
-                argv += ['--device', str(s.device)]
-            if '--image_only' in flags:
-                argv.append('--image_only')
-            if '--output' in flags:
-                argv += ['--output', str(tmp / f'out_{b}')]
+            argv = _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
+                              output=tmp / f'out_{b}')
             with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
                 start = time.perf_counter()
                 status = demo_main(argv)
@@ -1128,7 +1072,7 @@ def run(argv: list[str] | None = None) -> Report:
     enable_cudnn_autotune(s.device)  # as main.py trains and evaluates
     report = Report()
     report.meta = {
-        'command': 'python tools/benchmark.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+        'command': 'python -m tools.benchmark ' + ' '.join(argv if argv is not None else sys.argv[1:]),
         'device': str(s.device) + (f' ({torch.cuda.get_device_name(s.device)})' if s.device.type == 'cuda' else ''),
         'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_start': list(os.getloadavg()), 'size': s.config_path or s.size, 'batch': s.batch,

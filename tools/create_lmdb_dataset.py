@@ -3,7 +3,7 @@
 Layout: `num-samples` -> decimal count; `image-%09d` -> encoded image bytes; `label-%09d` -> UTF-8
 label; indices start at 1.
 
-    python tools/create_lmdb_dataset.py --input_dir DIR --gt_file FILE --output DIR
+    python -m tools.create_lmdb_dataset --input_dir DIR --gt_file FILE --output DIR
 
 where every line of FILE is `relative/path<TAB>label`.
 """

@@ -1,6 +1,6 @@
 """Export the inference model (BaseVision) to ONNX with a dynamic batch axis, and check it with onnxruntime.
 
-    python tools/export_onnx.py --config configs/conclr_pretrain_vision_model.yaml --checkpoint best.pth \
+    python -m tools.export_onnx --config configs/conclr_pretrain_vision_model.yaml --checkpoint best.pth \
         --output conclr_vision.onnx --check
 
 Input `images` (N x 3 x H x W, ImageNet-normalised RGB); outputs `logits` (N x T x C), `attn_scores`
@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError  # noqa: E402
-from demo import DemoError, load_inference_model  # noqa: E402
-from utils import Config, ConfigError  # noqa: E402
+from support.checkpoint import CheckpointError
+from support.inference import InferenceError, load_inference_model
+from utils import Config, ConfigError
 
 INPUT_NAME = 'images'
 OUTPUT_NAMES = ('logits', 'attn_scores', 'pt_lengths')
@@ -164,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f'error: {path} does not match PyTorch within the tolerance ({line.rsplit("; ", 1)[1]})',
                       file=sys.stderr)
                 return 1
-    except (DemoError, ConfigError, CheckpointError, OSError, ValueError) as e:
+    except (InferenceError, ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PARTS_SCRIPT = REPO_ROOT / 'tools' / 'gpu_check_parts.py'
+PARTS_MODULE = 'tools.gpu_check_parts'  # run as `python -m` from the repository root
 PARTS = ('setup', 'cuda_tests', 'benchmark', 'train', 'study')
 # Seconds: each part's own limit, and the least time left at which an optional part still starts.
 LIMITS = {'setup': 75, 'cuda_tests': 150, 'benchmark': 210, 'train': 120, 'study': 150}
@@ -126,7 +126,7 @@ class Context:
 
 
 def _parts_cmd(ctx: Context, part: str, *extra: str) -> list[str]:
-    return [ctx.python, str(PARTS_SCRIPT), part, '--dir', str(ctx.out / part), '--work', str(ctx.work / part),
+    return [ctx.python, '-m', PARTS_MODULE, part, '--dir', str(ctx.out / part), '--work', str(ctx.work / part),
             *(['--dry-run'] if ctx.dry_run else []), *extra]
 
 
@@ -152,7 +152,7 @@ def benchmark_args(dry_run: bool, output: Path) -> list[str]:
 
 
 def cmd_benchmark(ctx: Context, limit_s: float) -> list[str]:
-    return [ctx.python, str(REPO_ROOT / 'tools' / 'benchmark.py'),
+    return [ctx.python, '-m', 'tools.benchmark',
             *benchmark_args(ctx.dry_run, ctx.out / 'benchmark' / 'benchmark.json')]
 
 

@@ -17,4 +17,4 @@ if [ -z "${PYTHON:-}" ]; then
     fi
   fi
 fi
-exec "$PYTHON" tools/gpu_check.py --python "$PYTHON" "$@"
+exec "$PYTHON" -m tools.gpu_check --python "$PYTHON" "$@"

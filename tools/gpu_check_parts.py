@@ -1,8 +1,8 @@
 """The parts of tools/gpu_check.py that run project code, one child process each: setup, train, study.
 
-    python tools/gpu_check_parts.py setup --dir OUT --work TMP --wheels .whl --site TMP/site
-    python tools/gpu_check_parts.py train --dir OUT --work TMP --steps 300
-    python tools/gpu_check_parts.py study --dir OUT --work TMP --seconds 120
+    python -m tools.gpu_check_parts setup --dir OUT --work TMP --wheels .whl --site TMP/site
+    python -m tools.gpu_check_parts train --dir OUT --work TMP --steps 300
+    python -m tools.gpu_check_parts study --dir OUT --work TMP --seconds 120
 
 Each writes OUT/result.json ({'ok', 'detail', 'facts'}) for the driver's summary; `--dry-run` gives the CPU's
 tiny sizes. The setup part imports nothing beyond the standard library, so it can report (and mend) a machine on
@@ -46,7 +46,7 @@ try:
 except Exception as e:
     facts['torch_error'] = f'{type(e).__name__}: {e}'[:200]
 try:
-    import fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
+    import support.fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
     project = None
 except Exception as e:
     project = f'{type(e).__name__}: {e}'[:300]
@@ -309,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     args.site = args.site or str(Path(args.work) / 'site')
-    sys.path.insert(0, str(REPO_ROOT))
     if args.part == 'setup':
         return 0 if part_setup(args) else 1
-    import fastai_compat  # noqa: F401  (before fastai)
+    import support.fastai_compat  # noqa: F401  (before fastai)
 
     return 0 if {'train': part_train, 'study': part_study}[args.part](args) else 1
 

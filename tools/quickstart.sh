@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source tools/setup_env.sh
 CONFIG=configs/quickstart_conclr_vision_model.yaml
 if [ ! -f data/synth/train/data.mdb ] || [ ! -f data/synth/test/data.mdb ]; then
-  python tools/render_synthetic.py --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite
+  python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite
 fi
 python main.py --config="$CONFIG"
 TEST_ROOTS=(data/synth/test)

@@ -1,6 +1,6 @@
 """Summarise training runs from their TensorBoard events: iterations to reach given word accuracies.
 
-    python tools/recipe_table.py log/recipe_sweep/*/ [--thresholds 0.1 0.5] [--step_seconds NAME=S ...]
+    python -m tools.recipe_table log/recipe_sweep/*/ [--thresholds 0.1 0.5] [--step_seconds NAME=S ...]
 
 For every run folder it prints the first evaluated iteration whose eval/cwr reaches each threshold (">N" when
 the run's last evaluation at N did not), and the best cwr with its iteration; `--step_seconds` turns iterations

@@ -1,7 +1,7 @@
 """Turn a training checkpoint into a small release file: the model weights only (no optimiser state, no RNG state),
 written atomically, with its size and sha256 printed for the README.
 
-    python tools/release_checkpoint.py --checkpoint log/shipped/x/x_2_6000.pth --output checkpoints/x.pth
+    python -m tools.release_checkpoint --checkpoint log/shipped/x/x_2_6000.pth --output checkpoints/x.pth
 
 The release keeps `iteration` and `best_cwr` for the record; it loads with `weights_only=True` like any checkpoint
 (`--checkpoint` of main.py and demo.py, or `model.checkpoint`).
@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically  # noqa: E402
+from support.checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically
 
 KEPT = ('iteration', 'best_cwr')
 

@@ -1,6 +1,6 @@
 """Render synthetic word images offline (fonts already on the machine, no downloads) into train/test LMDBs.
 
-    python tools/render_synthetic.py --output data/synth --num_train 20000 --num_test 1000 --seed 0
+    python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0
 
 writes `<output>/train` and `<output>/test` (the test split is new renders of the same vocabulary).
 """
@@ -22,9 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.create_lmdb_dataset import write_lmdb  # noqa: E402
+from tools.create_lmdb_dataset import write_lmdb
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
@@ -285,8 +283,8 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
     return list(dict.fromkeys(w for w in words if w))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the process exit status."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='folder that gets train/ and test/ LMDBs')
     parser.add_argument('--num_train', type=int, default=20000)
@@ -302,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--height', type=int, default=32, help='image height in pixels')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--overwrite', action='store_true', help='replace existing train/test LMDBs')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the process exit status."""
+    args = parse_args(argv)
 
     try:
         output = Path(args.output)

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 export PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${THREADS:-2}
 if [ ! -f data/synth64k/train/data.mdb ] || [ ! -f data/synth64k/test/data.mdb ]; then
-  "$PYTHON" tools/render_synthetic.py --output data/synth64k --num_train 64000 --num_test 1000 --seed 1 --overwrite
+  "$PYTHON" -m tools.render_synthetic --output data/synth64k --num_train 64000 --num_test 1000 --seed 1 --overwrite
 fi
 TEST_ROOTS=(data/synth64k/test)
 for name in IIIT5k_3000 SVT IC13_857 IC15_2077 SVTP CUTE80; do
@@ -28,13 +28,13 @@ stages() {
   local model=$1 pre=log/shipped/$1 fine=log/shipped/$1_finetune
   bash tools/run_resumable.sh "configs/shipped/$model.yaml" "$pre"
   if [ ! -f "$pre/release.pth" ]; then
-    "$PYTHON" tools/release_checkpoint.py --checkpoint "$pre/best-$model.pth" --output "$pre/release.pth"
+    "$PYTHON" -m tools.release_checkpoint --checkpoint "$pre/best-$model.pth" --output "$pre/release.pth"
     "$PYTHON" main.py --config="configs/shipped/$model.yaml" --phase test --checkpoint "$pre/release.pth" \
       --test_root "${TEST_ROOTS[@]}" > "$pre.test.stdout" 2>&1
   fi
   bash tools/run_resumable.sh "configs/shipped/${model}_finetune.yaml" "$fine"
   if [ ! -f "checkpoints/$model.pth" ]; then
-    "$PYTHON" tools/release_checkpoint.py --checkpoint "$(newest_checkpoint "$fine")" --output "checkpoints/$model.pth"
+    "$PYTHON" -m tools.release_checkpoint --checkpoint "$(newest_checkpoint "$fine")" --output "checkpoints/$model.pth"
     "$PYTHON" main.py --config="configs/shipped/${model}_finetune.yaml" --phase test \
       --checkpoint "checkpoints/$model.pth" --test_root "${TEST_ROOTS[@]}" > "$fine.test.stdout" 2>&1
   fi

@@ -1,6 +1,6 @@
 """t-SNE of per-character glimpse embeddings, one colour per character; two models side by side.
 
-    python tools/tsne.py --config configs/pretrain_vision_model.yaml --checkpoint abinet.pth \
+    python -m tools.tsne --config configs/pretrain_vision_model.yaml --checkpoint abinet.pth \
         --config2 configs/conclr_pretrain_vision_model.yaml --checkpoint2 conclr.pth \
         --lmdb data/evaluation/IIIT5k_3000 --output tsne.png --max_samples 500
 
@@ -18,13 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from checkpoint import CheckpointError  # noqa: E402
-from dataset import DatasetError, ImageDataset, dataset_kwargs  # noqa: E402
-from demo import DemoError, load_inference_model, select_device  # noqa: E402
-from modules.decoding import decode_logits  # noqa: E402
-from utils import CharsetMapper, Config, ConfigError  # noqa: E402
+from dataset import DatasetError, ImageDataset, dataset_kwargs
+from modules.decoding import decode_logits
+from support.checkpoint import CheckpointError
+from support.inference import InferenceError, load_inference_model, select_device
+from utils import CharsetMapper, Config, ConfigError
 
 MIN_POINTS = 5
 
@@ -166,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.config2 and not args.checkpoint2:
-            raise DemoError('--config2 needs --checkpoint2')
+            raise InferenceError('--config2 needs --checkpoint2')
         device = select_device(args.cuda)
         runs = [(Config(args.config), args.checkpoint)]
         if args.checkpoint2:
@@ -184,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'{model_title(config, checkpoint)}: {len(points)} character glimpses', file=sys.stderr)
         path = plot_panels(panels, args.output, chars)
         print(f'wrote {path}', file=sys.stderr)
-    except (DemoError, ConfigError, CheckpointError, DatasetError, OSError, ValueError) as e:
+    except (InferenceError, ConfigError, CheckpointError, DatasetError, OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401
+import support.fastai_compat  # noqa: F401
 
 from functools import partial
 
@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import main
+import training.train
 from callbacks.amp import MixedPrecision, amp_mode
-from checkpoint import load_checkpoint
+from support.checkpoint import load_checkpoint
 from tests.helpers import render_lmdb, tiny_config
 from utils import Config
 
@@ -122,7 +123,7 @@ def test_bf16_training_through_main(tmp_path, monkeypatch):
         model.cls.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
         return model
 
-    monkeypatch.setattr(main, 'build_model', build_and_watch)
+    monkeypatch.setattr(training.train, 'build_model', build_and_watch)
     callback = main.train(config, torch.device('cpu'))
     assert callback.iteration == 6 and torch.bfloat16 in dtypes
     assert all(torch.isfinite(torch.tensor(h['loss'])) for h in callback.train_history + callback.history)

@@ -5,11 +5,11 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-import torch.nn.functional as F
 from fastai.basic_train import loss_batch
 from fastai.callback import CallbackHandler
 
 from callbacks.conaug import ConAugPretransform, conaug, conaug_views, draw_conaug_params, make_conaug_grid
+from tools.loop_references import conaug_loop
 from utils import CharsetMapper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,24 +95,6 @@ def test_image_is_side_by_side_at_half_width():
         pair = torch.cat([x[a], x[b]], dim=2)
         expected = 0.5 * (pair[..., 0::2] + pair[..., 1::2])
         torch.testing.assert_close(x1[i], expected)
-
-
-def conaug_loop(images, labels, lengths, perm, partner_left):
-    """Per-sample reference written independently of the vectorised version."""
-    n, _, h, w = images.shape
-    t_slots = labels.shape[1]
-    out_x, out_y, out_l, out_v = [], [], [], []
-    for i in range(n):
-        j = int(perm[i])
-        a, b = (j, i) if bool(partner_left[i]) else (i, j)
-        pair = torch.cat([images[a], images[b]], dim=2).unsqueeze(0)
-        out_x.append(F.interpolate(pair, size=(h, w), mode='bilinear', align_corners=False)[0])
-        ca, cb = int(lengths[a]) - 1, int(lengths[b]) - 1
-        rows = [labels[a, t] for t in range(ca)] + [labels[b, t] for t in range(t_slots)]
-        out_y.append(torch.stack(rows[:t_slots]))
-        out_l.append(min(ca + cb + 1, t_slots))
-        out_v.append(ca + cb <= t_slots - 1)
-    return torch.stack(out_x), torch.stack(out_y), torch.tensor(out_l), torch.tensor(out_v)
 
 
 @pytest.mark.parametrize('seed', range(4))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fastai_compat  # noqa: F401
+import support.fastai_compat  # noqa: F401
 
 import json
 import math
@@ -17,9 +17,10 @@ from fastai.basic_train import Learner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.distributed import DistEnv, DistributedTrainer, setup_rank_logger
+from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback, LossWindow
 from callbacks.nonfinite import NonFiniteGuard
+from support.distributed import DistEnv, setup_rank_logger
 from tests.multiprocess import run_ranks
 
 BATCH, STEPS, SHOW = 2, 10, 4  # windows: iterations 1-4, 5-8 and the final partial one, 9-10
@@ -87,9 +88,9 @@ def window_rank(rank: int, workdir: str) -> None:
     learn = Learner(data, _initial_model(), opt_func=partial(torch.optim.SGD, lr=0.0), loss_func=TwoTermLoss(),
                     wd=0.0, true_wd=False, path=workdir, model_dir='.', silent=True)
     logger = setup_rank_logger(workdir, 'train', env, name='test_iteration')
-    iteration = IterationCallback(learn, 'run', workdir, logger, lambda it: {'cwr': 0.0}, show_iters=SHOW,
-                                  eval_iters=1000, save_iters=1000, max_iters=STEPS, is_main=rank == 0,
-                                  world_size=2)
+    iteration = IterationCallback(learn, name='run', workdir=workdir, logger=logger, evaluate=lambda it: {'cwr': 0.0},
+                                  show_iters=SHOW, eval_iters=1000, save_iters=1000, max_iters=STEPS,
+                                  is_main=rank == 0, world_size=2)
     learn.fit(1, lr=0.0, callbacks=[DistributedTrainer(learn, env), NonFiniteGuard(learn, 10, logger, rank == 0),
                                     iteration])
     Path(workdir, f'rank{rank}.json').write_text(json.dumps(iteration.train_history))
@@ -136,3 +137,57 @@ def test_window_with_only_skipped_steps_on_one_rank_does_not_hang(tmp_path):
     for line, want in zip(logged, expected):
         skipped = re.search(r'(\d+) non-finite step\(s\) skipped', line)
         assert (int(skipped.group(1)) if skipped else 0) == want['skipped'], line
+
+
+CWRS = [0.2, 0.5, 0.4, 0.5, 0.7, 0.1, 0.3, 0.9, 0.6, 0.8, 0.85, 0.2]  # the fake evaluation's cwr, one per evaluation
+
+
+def _single_run(tmp_path: Path, *, steps: int, eval_iters: int, save_iters: int, cwrs: list[float] | None = None
+                ) -> tuple[IterationCallback, list[int]]:
+    """A one-process run of `steps` iterations with a fake evaluation that returns the next of `cwrs`; the
+    iterations at which it was called are returned too."""
+    g = torch.Generator().manual_seed(3)
+    xs, ys = torch.randn(steps * BATCH, 3, generator=g), torch.randn(steps * BATCH, 1, generator=g)
+    data = DataBunch(DataLoader(TensorDataset(xs, ys), batch_size=BATCH),
+                     DataLoader(TensorDataset(xs[:2], ys[:2]), batch_size=2), device=torch.device('cpu'))
+    learn = Learner(data, _initial_model(), opt_func=partial(torch.optim.SGD, lr=0.01), loss_func=TwoTermLoss(),
+                    wd=0.0, true_wd=False, path=str(tmp_path), model_dir='.', silent=True)
+    called: list[int] = []
+
+    def fake_evaluate(iteration: int) -> dict[str, float]:
+        called.append(iteration)
+        return {'loss': 0.0, 'cwr': (cwrs or [0.0])[(len(called) - 1) % len(cwrs or [0.0])]}
+
+    logger = setup_rank_logger(tmp_path, 'train', DistEnv(), name=f'test_iteration_{tmp_path.name}')
+    callback = IterationCallback(learn, name='run', workdir=tmp_path, logger=logger, evaluate=fake_evaluate,
+                                 show_iters=1000, eval_iters=eval_iters, save_iters=save_iters, max_iters=steps)
+    learn.fit(1, lr=0.01, callbacks=[callback])
+    return callback, called
+
+
+def test_best_checkpoint_follows_the_highest_cwr(tmp_path):
+    """best-<name>.pth is rewritten only when an evaluation beats every earlier one (ties do not count)."""
+    callback, called = _single_run(tmp_path, steps=len(CWRS) * 2, eval_iters=2, save_iters=1000, cwrs=CWRS)
+    assert called == [2 * (k + 1) for k in range(len(CWRS))]  # the end of training evaluates nothing new
+    best, best_at = -1.0, None
+    for iteration, cwr in zip(called, CWRS):  # plain running maximum
+        if cwr > best:
+            best, best_at = cwr, iteration
+    assert callback.best_cwr == best == 0.9
+    state = torch.load(tmp_path / 'best-run.pth', weights_only=True)
+    assert state['iteration'] == best_at and state['best_cwr'] == best
+    assert [h['cwr'] for h in callback.history] == CWRS
+    # one timing row per logging window (here only the final partial one); no timing value is asserted
+    assert [t['iteration'] for t in callback.timings] == [h['iteration'] for h in callback.train_history] == [24]
+    assert set(callback.timings[0]) == {'iteration', 'steps', 'seconds', 'data_seconds', 'compute_seconds',
+                                        'images_per_second'}
+
+
+def test_periodic_checkpoints_keep_the_last_five(tmp_path):
+    """Saving every 2 of 15 iterations (and once at the end) leaves exactly the five newest files on disk."""
+    callback, _ = _single_run(tmp_path, steps=15, eval_iters=1000, save_iters=2)
+    saves = [it for it in range(1, 16) if it % 2 == 0] + [15]  # every save_iters, plus the final iteration
+    expected = [tmp_path / f'run_0_{it}.pth' for it in saves[-5:]]
+    assert callback.saved == expected
+    assert sorted(tmp_path.glob('run_0_*.pth')) == sorted(expected)
+    assert [torch.load(p, weights_only=True)['iteration'] for p in expected] == saves[-5:]

@@ -10,8 +10,9 @@ from fastai.basic_data import DataBunch
 from fastai.basic_train import Learner
 from torch import nn
 
-from callbacks.metrics import METRIC_NAMES, TextAccuracy, WordMetrics, _pick_output, decode_logits, pt_lengths
+from callbacks.metrics import METRIC_NAMES, TextAccuracy, WordMetrics
 from losses.recognition import RecognitionLoss, recognition_loss
+from modules.decoding import decode_logits, pt_lengths
 from utils import CharsetMapper
 
 CHARSET = Path(__file__).resolve().parents[2] / 'data' / 'charset_36.txt'
@@ -139,7 +140,7 @@ def test_decode_logits_crafted(charset):
 # --- fastai integration ------------------------------------------------------------------------------------------
 
 class _EchoModel(nn.Module):
-    """Returns its input as the logits of two outputs; only the one named 'vision' is correct."""
+    """Returns its input as the logits of the output dict."""
 
     def __init__(self):
         super().__init__()
@@ -147,8 +148,7 @@ class _EchoModel(nn.Module):
 
     def forward(self, x):
         logits = (x * self.scale).contiguous()
-        return [{'logits': logits, 'loss_weight': 1.0, 'name': 'vision'},
-                {'logits': torch.zeros_like(logits) + self.scale * 0, 'loss_weight': 0.0, 'name': 'language'}]
+        return {'logits': logits}
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -208,18 +208,9 @@ def test_validate_with_metric_returns_values(charset, tmp_path):
 
 def test_validate_with_callback_returns_values(charset, tmp_path):
     learn = _learner(charset, tmp_path)
-    acc = TextAccuracy(learn, charset, model_eval='vision')
+    acc = TextAccuracy(learn, charset)
     result = learn.validate(callbacks=[acc])
     assert result[1:] == pytest.approx(_expected_values())
-
-
-def test_model_eval_falls_back_to_last_output(charset, tmp_path):
-    learn = _learner(charset, tmp_path)
-    acc = TextAccuracy(learn, charset, model_eval='nonexistent')
-    result = learn.validate(metrics=[acc])
-    # The last output has all-zero logits: every slot decodes to null -> empty predictions.
-    assert result[1] == 0.0
-    assert result[5] == pytest.approx(sum(len(g) for g in VAL_GTS))
 
 
 @pytest.mark.parametrize('as_metric', [True, False])
@@ -245,12 +236,3 @@ def test_partial_construction_as_callback_fn(charset, tmp_path):
     learn.fit(1, lr=0.0)
     assert learn.recorder.metrics[-1] == pytest.approx(_expected_values())
     assert learn.text_accuracy.metrics.words == 6
-
-
-def test_pick_output_prefers_last_named_iteration():
-    outs = [{'name': 'vision', 'i': 0}, [{'name': 'alignment', 'i': 1}, {'name': 'alignment', 'i': 2}],
-            {'name': 'language', 'i': 3}]
-    assert _pick_output(outs, 'alignment')['i'] == 2
-    assert _pick_output(outs, 'vision')['i'] == 0
-    assert _pick_output(outs, 'missing')['i'] == 3
-    assert _pick_output(outs[0], 'language')['i'] == 0

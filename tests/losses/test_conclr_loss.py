@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from losses.conclr_loss import ConCLRLoss
+from losses.conclr_loss import ConCLRLoss, view_weights
+from training.builders import build_loss
+from utils import Config
 
 # T = 4 slots, classes 0 (null), 1 ('a'), 2 ('b'); three samples.
 # original: 'ab', 'b', 'a'; view 1: 'ab', overlong (truncated, invalid), 'aa'; view 2: 'ba', 'bb', overlong (invalid).
@@ -47,9 +49,7 @@ def _embeddings():
 
 def _outputs(seed=0):
     g = torch.Generator().manual_seed(seed)
-    names = ('vision', 'vision_aug1', 'vision_aug2')
-    outputs = [{'name': name, 'loss_weight': w, 'logits': torch.randn(3, 4, 3, generator=g)}
-               for name, w in zip(names, WEIGHTS)]
+    outputs = [{'logits': torch.randn(3, 4, 3, generator=g)} for _ in WEIGHTS]  # the model's: tensors only
     outputs[1]['embedding'], outputs[2]['embedding'] = _embeddings()
     return outputs
 
@@ -62,7 +62,7 @@ def _targets():
 
 def test_total_matches_a_hand_computed_value():
     outputs = _outputs()
-    loss_func = ConCLRLoss(tau=TAU, alpha=ALPHA)
+    loss_func = ConCLRLoss(tau=TAU, alpha=ALPHA, weights=WEIGHTS)
     total = loss_func(outputs, *_targets())
 
     ce = [_plain_ce(outputs[0]['logits'], ORIGINAL[0], ORIGINAL[1], (True, True, True)),
@@ -86,7 +86,7 @@ def test_total_matches_a_hand_computed_value():
 
 def test_invalid_pairs_do_not_move_the_total():
     # Changing everything an invalid pair holds in the view where it is overlong (logits, embeddings) changes nothing.
-    loss_func = ConCLRLoss(tau=TAU, alpha=ALPHA)
+    loss_func = ConCLRLoss(tau=TAU, alpha=ALPHA, weights=WEIGHTS)
     base = float(loss_func(_outputs(), *_targets()))
     outputs = _outputs()
     outputs[1]['logits'][1] += 5.0
@@ -101,8 +101,8 @@ def test_invalid_pairs_do_not_move_the_total():
 
 def test_alpha_scales_only_the_contrastive_term():
     outputs = _outputs()
-    low = ConCLRLoss(tau=TAU, alpha=0.0)
-    high = ConCLRLoss(tau=TAU, alpha=1.0)
+    low = ConCLRLoss(tau=TAU, alpha=0.0, weights=WEIGHTS)
+    high = ConCLRLoss(tau=TAU, alpha=1.0, weights=WEIGHTS)
     rec = float(low(outputs, *_targets()))
     assert rec == pytest.approx(float(low.losses['rec_loss']))
     assert float(high(outputs, *_targets())) == pytest.approx(rec + float(high.losses['clr_loss']), rel=1e-6)
@@ -110,9 +110,23 @@ def test_alpha_scales_only_the_contrastive_term():
 
 def test_evaluation_is_the_weighted_recognition_loss():
     output = _outputs()[0]
-    output['loss_weight'] = 0.7
     rows, lengths = ORIGINAL
-    loss_func = ConCLRLoss()
+    loss_func = ConCLRLoss(weights=(0.7, 0.5, 0.5))
     value = float(loss_func(output, _onehot(rows), torch.tensor(lengths)))
     assert value == pytest.approx(0.7 * _plain_ce(output['logits'], rows, lengths, (True, True, True)), rel=1e-5)
     assert set(loss_func.losses) == {'vision_loss'}
+
+
+@pytest.mark.parametrize('weight, expected', [([1.0, 0.3, 0.2], [1.0, 0.3, 0.2]), (2.0, [2.0, 1.0, 1.0])])
+def test_view_weights_from_config(tmp_path, weight, expected):
+    """model.vision.loss_weight: three values as given, one number w as [w, w/2, w/2]; the builder passes them on."""
+    assert view_weights(weight) == expected
+    config = Config()
+    config.model_vision_loss_weight = weight
+    assert build_loss(config, conclr=True).weights == expected
+    assert build_loss(config, conclr=False).weight == expected[0]  # a plain model: the original view's weight
+
+
+def test_loss_weight_list_needs_three_values():
+    with pytest.raises(ValueError, match='loss_weight'):
+        view_weights([1.0, 0.5])

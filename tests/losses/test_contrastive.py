@@ -7,30 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from losses.contrastive import ContrastiveLoss, contrastive_loss, onehot_to_index
-
-
-def reference(z1, z2, labels1, labels2, lengths1, lengths2, tau, include_eos, valid):
-    """Plain per-sample, per-anchor loop of conclr.md section 3."""
-    extra = 1 if include_eos else 0
-    pair_losses = []
-    for i in range(z1.shape[0]):
-        if not bool(valid[i]):
-            continue
-        members = [(z1[i, t], int(labels1[i, t])) for t in range(int(lengths1[i]) - 1 + extra)]
-        members += [(z2[i, t], int(labels2[i, t])) for t in range(int(lengths2[i]) - 1 + extra)]
-        pair = z1.new_zeros(())
-        for m, (zm, cm) in enumerate(members):
-            others = [k for k in range(len(members)) if k != m]
-            positives = [k for k in others if members[k][1] == cm]
-            if not positives:
-                continue
-            sims = {k: torch.dot(zm, members[k][0]) / tau for k in others}
-            log_norm = torch.logsumexp(torch.stack([sims[k] for k in others]), dim=0)
-            pair = pair - sum(sims[p] - log_norm for p in positives) / len(positives)
-        pair_losses.append(pair)
-    if not pair_losses:
-        return (z1.sum() + z2.sum()) * 0
-    return torch.stack(pair_losses).mean()
+from tools.loop_references import contrastive_loss_loop
 
 
 def random_case(seed, n, t_slots, e, num_classes=4, invalid_frac=0.0, dtype=torch.float64):
@@ -62,7 +39,7 @@ def test_matches_loop_reference_value_and_gradients(seed, n, t_slots, e, tau, in
     z1, z2, labels1, labels2, lengths1, lengths2, valid = random_case(seed, n, t_slots, e, invalid_frac=invalid_frac)
     z1_ref = z1.clone().requires_grad_()
     z2_ref = z2.clone().requires_grad_()
-    expected = reference(z1_ref, z2_ref, labels1, labels2, lengths1, lengths2, tau, include_eos, valid)
+    expected = contrastive_loss_loop(z1_ref, z2_ref, labels1, labels2, lengths1, lengths2, tau, include_eos, valid)
     expected.backward()
 
     z1f = z1.float().requires_grad_()
@@ -80,7 +57,7 @@ def test_case_has_anchors_without_positives_and_is_nonzero():
     """Guard that the random cases exercise skipped anchors and real losses (else the comparison is vacuous)."""
     z1, z2, labels1, labels2, lengths1, lengths2, valid = random_case(4, 3, 10, 32, num_classes=8)
     got = contrastive_loss(z1.float(), z2.float(), labels1, labels2, lengths1, lengths2, valid=valid)
-    expected = reference(z1, z2, labels1, labels2, lengths1, lengths2, 2.0, False, valid)
+    expected = contrastive_loss_loop(z1, z2, labels1, labels2, lengths1, lengths2, 2.0, False, valid)
     assert got.item() > 0
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
     counts = {}
@@ -165,7 +142,7 @@ def test_no_nan_with_zero_or_one_character(include_eos):
     got.backward()
     assert torch.isfinite(got)
     assert torch.isfinite(z1.grad).all() and torch.isfinite(z2.grad).all()
-    expected = reference(z1.detach(), z2.detach(), labels1, labels2, lengths1, lengths2, 2.0, include_eos,
+    expected = contrastive_loss_loop(z1.detach(), z2.detach(), labels1, labels2, lengths1, lengths2, 2.0, include_eos,
                          torch.ones(3, dtype=torch.bool))
     torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
 

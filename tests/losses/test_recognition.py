@@ -101,22 +101,16 @@ def _data(seed=0, n=4, t=5, c=6):
     return g, targets, lengths
 
 
-def test_weighted_outputs_summed_and_recorded():
+def test_weight_scales_the_term_and_records_it():
     g, targets, lengths = _data()
-    a = torch.randn(4, 5, 6, generator=g)
     b = torch.randn(4, 5, 6, generator=g)
-    outputs = [{'logits': a, 'loss_weight': 1.0, 'name': 'vision'},
-               {'logits': b, 'loss_weight': 0.5, 'name': 'language'},
-               {'logits': b * 9, 'loss_weight': 0.0, 'name': 'unused'}]
-    ref_a = _loop_reference(a, targets, lengths)
     ref_b = _loop_reference(b, targets, lengths)
-    crit = RecognitionLoss()
+    crit = RecognitionLoss(weight=0.5)
     # Extra target items (e.g. a ConCLR pairing tensor) are ignored.
-    total = crit(outputs, targets, lengths, torch.zeros(4), 'extra')
-    assert total.item() == pytest.approx(ref_a + 0.5 * ref_b, rel=1e-5)
-    assert set(crit.losses) == {'vision_loss', 'language_loss'}
-    assert crit.losses['vision_loss'].item() == pytest.approx(ref_a, rel=1e-5)
-    assert crit.losses['language_loss'].item() == pytest.approx(0.5 * ref_b, rel=1e-5)
+    total = crit({'logits': b}, targets, lengths, torch.zeros(4), 'extra')
+    assert total.item() == pytest.approx(0.5 * ref_b, rel=1e-5)
+    assert set(crit.losses) == {'vision_loss'}
+    assert crit.losses['vision_loss'].item() == pytest.approx(0.5 * ref_b, rel=1e-5)
     assert not crit.losses['vision_loss'].requires_grad
 
 
@@ -124,30 +118,26 @@ def test_single_dict_output_and_valid_keyword():
     g, targets, lengths = _data(seed=2)
     a = torch.randn(4, 5, 6, generator=g, requires_grad=True)
     valid = torch.tensor([True, False, True, True])
-    crit = RecognitionLoss()
-    total = crit({'logits': a, 'loss_weight': 2.0, 'name': 'vision'}, targets, lengths, valid=valid)
+    crit = RecognitionLoss(weight=2.0)
+    total = crit({'logits': a}, targets, lengths, valid=valid)
     assert total.item() == pytest.approx(2.0 * _loop_reference(a.detach(), targets, lengths, valid), rel=1e-5)
     total.backward()
     assert a.grad is not None
     assert list(crit.losses) == ['vision_loss']
 
 
-def test_nested_list_counts_once_as_mean_of_iterations():
+def test_a_list_of_outputs_is_a_clear_error():
     g, targets, lengths = _data(seed=3)
-    its = [torch.randn(4, 5, 6, generator=g) for _ in range(3)]
-    v = torch.randn(4, 5, 6, generator=g)
-    outputs = [{'logits': v, 'loss_weight': 1.0, 'name': 'vision'},
-               [{'logits': x, 'loss_weight': 0.25, 'name': 'alignment'} for x in its]]
-    mean_its = sum(_loop_reference(x, targets, lengths) for x in its) / 3
-    crit = RecognitionLoss()
-    total = crit(outputs, targets, lengths)
-    assert total.item() == pytest.approx(_loop_reference(v, targets, lengths) + 0.25 * mean_its, rel=1e-5)
-    assert crit.losses['alignment_loss'].item() == pytest.approx(0.25 * mean_its, rel=1e-5)
+    outputs = [{'logits': torch.randn(4, 5, 6, generator=g)} for _ in range(3)]
+    with pytest.raises(TypeError, match='ConCLRLoss'):
+        RecognitionLoss()(outputs, targets, lengths)
 
 
 def test_losses_reset_between_calls():
     g, targets, lengths = _data(seed=4)
-    crit = RecognitionLoss()
-    crit({'logits': torch.randn(4, 5, 6, generator=g), 'loss_weight': 1.0, 'name': 'language'}, targets, lengths)
-    crit({'logits': torch.randn(4, 5, 6, generator=g), 'loss_weight': 1.0, 'name': 'vision'}, targets, lengths)
-    assert list(crit.losses) == ['vision_loss']
+    first, second = torch.randn(4, 5, 6, generator=g), torch.randn(4, 5, 6, generator=g)
+    crit = RecognitionLoss(name='language')
+    crit({'logits': first}, targets, lengths)
+    crit({'logits': second}, targets, lengths)
+    assert list(crit.losses) == ['language_loss']
+    assert crit.losses['language_loss'].item() == pytest.approx(_loop_reference(second, targets, lengths), rel=1e-5)

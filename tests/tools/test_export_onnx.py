@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from checkpoint import save_checkpoint
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
+from support.checkpoint import save_checkpoint
 from tests.helpers import randomise
 from tools import export_onnx
 from utils import Config

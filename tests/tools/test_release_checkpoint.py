@@ -5,8 +5,8 @@ import hashlib
 
 import torch
 
-from checkpoint import load_checkpoint, load_weights, save_checkpoint
 from modules.model_conclr import ConCLR_Vision
+from support.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from tests.helpers import TINY_VISION, randomise, write_config
 from tools import release_checkpoint
 from utils import Config

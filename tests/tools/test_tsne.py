@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from checkpoint import save_checkpoint
 from dataset import ImageDataset, close_lmdb
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
+from support.checkpoint import save_checkpoint
 from tools import tsne
 from tools.create_lmdb_dataset import write_lmdb
 from tools.render_synthetic import render_word

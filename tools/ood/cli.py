@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 import yaml
 
-from checkpoint import CheckpointError
 from dataset import DatasetError
+from support.checkpoint import CheckpointError
 from tools.ood.preset import ExperimentError, load_preset
 from tools.ood.study import run_study
 from utils import ConfigError

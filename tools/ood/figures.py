@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-import main as abinet_main
 from dataset import ImageDataset, dataset_kwargs
 from tools.ood.data import SET_LABELS, SYNTHETIC_SETS
+from training.builders import build_model
 from utils import CharsetMapper, Config
 
 
@@ -62,7 +62,7 @@ def tsne_pair(pair: list[tuple[str, dict[str, Any]]], output: Path, data: Path, 
             charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
             chars = chars or charset.chars[1:]
             dataset = ImageDataset(data / name, charset, False, **dataset_kwargs(config, False))
-            model = abinet_main.build_model(config).to(device).eval()
+            model = build_model(config).to(device).eval()
             # sklearn's OpenMP threads beyond torch's share of the cores made t-SNE 10x slower on a loaded machine
             with threadpool_limits(limits=torch.get_num_threads(), user_api='openmp'):
                 points, labels = tsne_points(model, dataset, charset, count,

@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-import main as abinet_main
 from tools.ood.data import lexicon_split
 from tools.ood.preset import ExperimentError, preset_value, set_nested
+from training import testing, train
+from training.builders import build_model
 from utils import Config
 
 RUN_FILE = 'run.json'
@@ -117,7 +118,7 @@ def evaluate_checkpoint(config_path: Path, checkpoint: Path, roots: Sequence[Pat
     config.dataset_test_roots = [str(r) for r in roots]
     if workers is not None:
         config.dataset_num_workers = workers
-    rows = abinet_main.test(config, device, image_only=True)
+    rows = testing.test(config, device, image_only=True)
     return {str(r['dataset']): {'cwr': float(r['cwr']), 'ccr': float(r['ccr']), 'samples': int(r['samples']),
                                 'left_out': int(r['left out'])} for r in rows if r['dataset'] != 'average'}
 
@@ -136,7 +137,7 @@ def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any
     config_path = write_run_config(spec, place, experiment['curve_points'], experiment['decay_at'])
     config = Config(config_path)
     start = time.perf_counter()
-    callback = abinet_main.train(config, device)
+    callback = train.train(config, device)
     wall = time.perf_counter() - start
     seconds, timed_steps = training_seconds(callback.timings)
     if callback.iteration != spec.steps or timed_steps != spec.steps:
@@ -157,7 +158,7 @@ def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any
                for name in place.benchmarks}
     if not experiment['keep_checkpoints']:
         _drop_checkpoints(saved, saved[-1], config.workdir)
-    parameters = sum(p.numel() for p in abinet_main.build_model(config).parameters())
+    parameters = sum(p.numel() for p in build_model(config).parameters())
     relative = place.output.resolve()
     return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': parameters,
             'config': os.path.relpath(config_path.resolve(), relative),

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import torch
 
-import main as abinet_main
 from tools.ood import figures, report, runs
 from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, read_vocabulary
 from tools.ood.preset import ExperimentError, Preset
+from training.builders import build_model, is_conclr
 from utils import REPO_ROOT, Config, tune_malloc
 
 STUDY_FILE = 'study.json'
@@ -66,8 +66,8 @@ def check_arms(preset: Preset, device: torch.device) -> int:
         for name in preset.arms:
             spec = runs.RunSpec(name, 0, preset.steps, 1, preset.arm_tree(name))
             config = Config(runs.write_run_config(spec, place, preset.experiment['curve_points'], None))
-            model = abinet_main.build_model(config)
-            if name == baseline and abinet_main.is_conclr(model):
+            model = build_model(config)
+            if name == baseline and is_conclr(model):
                 raise ExperimentError(f'{preset.path}: the baseline arm {name!r} must not be a ConCLR model')
             batches.add(config.dataset_train_batch_size)
             if config.global_malloc_tune:  # as main.py does; before any training, for every arm alike

@@ -12,9 +12,9 @@ import matplotlib.image
 import pytest
 import yaml
 
-import main as abinet_main
 from tools.ood import cli, runs
 from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
+from training import train
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / 'configs' / 'experiment_tiny.yaml'
@@ -180,7 +180,7 @@ def test_a_second_invocation_trains_nothing_and_writes_the_same_report(study, mo
     def refuse(*args, **kwargs):
         raise AssertionError('a finished run was trained again')
 
-    monkeypatch.setattr(abinet_main, 'train', refuse)
+    monkeypatch.setattr(train, 'train', refuse)
     assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
     assert (output / 'results.md').read_text() == before
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 import yaml
 
-import checkpoint
-from checkpoint import CheckpointError, load_checkpoint, load_weights, model_state, save_checkpoint
+import support.checkpoint as checkpoint
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
+from support.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state, save_checkpoint
 from utils import Config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VISION = {'resnet_widths': [4, 8, 8, 16, 16], 'resnet_layers': [1, 1, 1, 1, 1], 'd_model': 16, 'nhead': 2,
           'd_inner': 32, 'backbone_ln': 1, 'attention_channels': 8}
 

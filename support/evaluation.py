@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from callbacks.distributed import ShardedBatchSampler, all_gather_objects, broadcast_buffers, interleave, unwrap
 from callbacks.metrics import TextAccuracy, WordMetrics
+from support.distributed import ShardedBatchSampler, all_gather_objects, broadcast_buffers, interleave, unwrap
 from utils import CharsetMapper
 
 TABLE_COLUMNS = ('dataset', 'samples', 'left out', 'cwr', 'ccr', 'mean ned', '1-ned', 'ted', 'ted/w', 'eval loss')
@@ -96,7 +96,7 @@ def _unwrapped(learn: Learner) -> Iterator[None]:
         learn.model = wrapped
 
 
-def evaluate(learn: Learner, dl, charset: CharsetMapper, case_sensitive: bool = False, model_eval: str = 'vision',
+def evaluate(learn: Learner, dl, charset: CharsetMapper, case_sensitive: bool = False,
              record: bool = False, name: str = 'eval', left_out: int = 0,
              should_stop: Callable[[], bool] | None = None) -> EvalResult:
     """Evaluate `learn`'s model on `dl` with the TextAccuracy metric; the model is left in eval mode.
@@ -107,7 +107,7 @@ def evaluate(learn: Learner, dl, charset: CharsetMapper, case_sensitive: bool = 
     must call it then (it is a collective) and every rank gets the whole result. With `should_stop`, the
     evaluation ends after the batch at which it turns true (the result then covers only the batches done).
     """
-    accuracy = TextAccuracy(learn, charset, case_sensitive, model_eval, record=True)
+    accuracy = TextAccuracy(learn, charset, case_sensitive, record=True)
     batches = _BatchLosses(learn)
     callbacks = [batches] + ([_StopCheck(learn, should_stop)] if should_stop is not None else [])
     with _unwrapped(learn):

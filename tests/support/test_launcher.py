@@ -1,4 +1,4 @@
-"""launcher.py: how many processes a plain `python main.py` starts, and how a failed worker is reported."""
+"""support/launcher.py: how many processes a plain `python main.py` starts, and how a failed worker is reported."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import launcher
 import main
-from launcher import ERROR_DIR_ENV, process_count, report_error
+import support.launcher as launcher
+from support.launcher import ERROR_DIR_ENV, process_count, report_error
 from tests.helpers import tiny_config
 from utils import Config, ConfigError
 

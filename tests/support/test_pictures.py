@@ -1,4 +1,4 @@
-"""callbacks/tensorboard_images.py: the grid's layout and pixels, and an image TensorBoard's own reader finds."""
+"""support/pictures.py, TensorBoard images: the grid's layout and pixels, and an image TensorBoard's reader finds."""
 
 from pathlib import Path
 
@@ -10,8 +10,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboardX import SummaryWriter
 
-from callbacks.tensorboard_images import _spread, attention_grid, log_eval_images
 from modules.model_vision import BaseVision
+from support.pictures import _spread, attention_grid, log_eval_images
 from utils import CharsetMapper, Config
 
 REPO = Path(__file__).resolve().parents[2]

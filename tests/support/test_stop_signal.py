@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import stop_signal
-from stop_signal import Interrupted, StopSignal, launcher_prefix, resume_command
+import support.stop_signal as stop_signal
+from support.stop_signal import Interrupted, StopSignal, launcher_prefix, resume_command
 from tests.helpers import free_port
 
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import main
-from callbacks.distributed import (
+from dataset import dataset_kwargs, named_test_sets
+from support.checkpoint import load_checkpoint
+from support.distributed import (
     DistEnv,
     ResumableDistributedSampler,
     ShardedBatchSampler,
@@ -22,11 +24,12 @@ from callbacks.distributed import (
     setup_distributed,
     setup_rank_logger,
 )
-from checkpoint import load_checkpoint
-from dataset import dataset_kwargs, get_dataset
-from evaluation import evaluate
+from support.evaluation import evaluate
 from tests.helpers import render_lmdb, tiny_config, write_config
 from tests.multiprocess import run_killable
+from training import loaders
+from training.builders import build_learner, build_model
+from training.train import DUMP_FINAL_STATE_ENV, FAIL_AT_ENV
 from utils import REPO_ROOT, CharsetMapper, Config, ConfigError
 
 
@@ -154,7 +157,7 @@ def _train_two_processes(folder: Path, lmdbs, conclr: bool) -> tuple[Path, subpr
     path = tiny_config(folder, train_root, [test_root, small_root], conclr=conclr, max_iters=12, show_iters=4,
                        eval_iters=6, save_iters=6)
     path.write_text(path.read_text().replace('batch_size: 16', 'batch_size: 5'))
-    result = _torchrun(['--config', str(path)], {main.DUMP_FINAL_STATE_ENV: str(folder / 'dump')})
+    result = _torchrun(['--config', str(path)], {DUMP_FINAL_STATE_ENV: str(folder / 'dump')})
     return path, result
 
 
@@ -187,10 +190,10 @@ def test_two_processes_train_identical_weights_and_evaluate_exactly(tmp_path, lm
     assert ranks[1]['history'] == ranks[0]['history'] and last['iteration'] == 12
     config.model_checkpoint = str(config.workdir / 'run_1_12.pth')
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
-    sets = get_dataset(config.dataset_test_roots, charset, False, **dataset_kwargs(config, False))
+    sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
     valid = torch.utils.data.ConcatDataset(list(sets.values()))
-    dl = main.test_loader(config, valid, torch.device('cpu'))
-    learn = main.build_learner(config, main.build_model(config), dl.dl, dl.dl, torch.device('cpu'))
+    dl = loaders.test_loader(config, valid, torch.device('cpu'))
+    learn = build_learner(config, build_model(config), dl.dl, dl.dl, torch.device('cpu'))
     single = evaluate(learn, dl, charset)
     assert last['loss'] == single.loss
     assert {k: v for k, v in last.items() if k not in ('iteration', 'loss')} == \
@@ -236,7 +239,7 @@ def test_plain_python_with_two_processes_equals_torchrun(tmp_path, vision_run):
     config = Config(path)
     assert config.training_processes == 2 and config.workdir != torchrun_config.workdir
 
-    result = _plain_python(['--config', str(path)], {main.DUMP_FINAL_STATE_ENV: str(tmp_path / 'dump')})
+    result = _plain_python(['--config', str(path)], {DUMP_FINAL_STATE_ENV: str(tmp_path / 'dump')})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ours = [torch.load(tmp_path / 'dump' / f'rank{r}.pth', weights_only=True) for r in range(2)]
     theirs = torch.load(torchrun_path.parent / 'dump' / 'rank0.pth', weights_only=True)
@@ -286,9 +289,9 @@ def test_a_failing_rank_ends_the_job_with_its_one_line_error(tmp_path, lmdbs):
                        save_iters=100)
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                str(REPO_ROOT / 'main.py'), '--config', str(path)]
-    job = run_killable(command, {main.FAIL_AT_ENV: '1:3'}, timeout=120)
+    job = run_killable(command, {FAIL_AT_ENV: '1:3'}, timeout=120)
     output = job.outputs[0]
     assert not job.timed_out, 'the job hung after rank 1 failed:\n' + output[-3000:]
     assert job.returncodes[0] != 0
     errors = [line for line in output.splitlines() if line.startswith('error')]
-    assert errors == [f'error (rank 1): {main.FAIL_AT_ENV}: simulated loader failure at iteration 3'], output[-3000:]
+    assert errors == [f'error (rank 1): {FAIL_AT_ENV}: simulated loader failure at iteration 3'], output[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from config_ranges import RANGES, Range, coerce_number, range_problem
+from support.config_ranges import RANGES, Range, coerce_number, range_problem
 from tests.helpers import write_config
 from utils import Config, ConfigError
 

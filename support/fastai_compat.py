@@ -9,19 +9,20 @@ Import this module before anything from fastai. It never edits installed files:
   `persistent_workers`, `prefetch_factor`, `generator`, ...) and a `pin_memory=True` default; the
   wrapper is replaced by one that forwards every argument and keeps fastai's `init_kwargs` record.
 - fastai's `Learner.load` calls `torch.load` without `weights_only`; this project never calls it and reads
-  checkpoints through `checkpoint.load_checkpoint`, which always passes `weights_only=True`.
+  checkpoints through `support.checkpoint.load_checkpoint`, which always passes `weights_only=True`.
 """
 
+import importlib
+import inspect
 import warnings
+
+import torch.utils.data
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 warnings.filterwarnings('ignore', message='.*enable_nested_tensor is True.*', category=UserWarning)
-
-import inspect  # noqa: E402
-
-import fastai.basic_data as _basic_data  # noqa: E402
-import fastai.basic_train as _basic_train  # noqa: E402
-import torch.utils.data  # noqa: E402
+# fastai only now, with its import-time warnings silenced
+_basic_data = importlib.import_module('fastai.basic_data')
+_basic_train = importlib.import_module('fastai.basic_train')
 
 
 class _SilentBar:

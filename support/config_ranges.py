@@ -72,7 +72,7 @@ RANGES: dict[str, Range] = {
     'optimizer_wd': NON_NEGATIVE,
     'optimizer_clip_grad': POSITIVE,
     'optimizer_args_betas': OPEN_FRACTION,
-    'optimizer_scheduler_periods': POSITIVE,  # epochs per lr phase; fractions are fine (tools/ood_experiment.py)
+    'optimizer_scheduler_periods': POSITIVE,  # epochs per lr phase; fractions are fine (tools/ood)
     'optimizer_scheduler_gamma': POSITIVE,
     'model_vision_loss_weight': NON_NEGATIVE,
     'model_vision_backbone_ln': NON_NEGATIVE_INT,

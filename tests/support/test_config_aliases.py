@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 import main
-from config_aliases import translate_aliases
+from support.config_aliases import translate_aliases
 from tests.helpers import REPRODUCTION_CONFIG as FIXTURE
+from training.builders import build_loss
 from utils import Config, ConfigError, load_yaml
 
 TINY = {'d_model': 16, 'nhead': 2, 'd_inner': 32, 'backbone_ln': 1, 'resnet_widths': [4, 8, 8, 16, 16],
@@ -52,7 +53,7 @@ def test_reproduction_config_builds_the_conclr_model_with_its_head(tmp_path):
     path.write_text(yaml.safe_dump(tree))
     model = main.build_model(Config(path))
     assert type(model).__name__ == 'ConCLR_Vision' and main.is_conclr(model)
-    assert model.view_weights == [1.0, 0.5, 0.5]
+    assert build_loss(Config(path), conclr=True).weights == [1.0, 0.5, 0.5]  # the view weights, in the loss
     assert model.projection_head.proj[2].out_features == 8 and model.projection_head.proj[0].in_features == 16
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from memory_format import (
+from support.memory_format import (
     align_optimizer_state,
     dense_like,
     enable_cudnn_autotune,

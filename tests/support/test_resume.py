@@ -15,8 +15,15 @@ import pytest
 import torch
 
 import main
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from resume import capture_rng, find_checkpoint, restore_rng, resume_point
+from support.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    find_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    resume_point,
+    save_checkpoint,
+)
 from tests.helpers import render_lmdb, tiny_config
 from utils import REPO_ROOT, Config
 

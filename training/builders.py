@@ -1,0 +1,72 @@
+"""Builders from the config: the model, its loss, the optimiser and the fastai Learner (training and tools alike)."""
+
+from __future__ import annotations
+
+import importlib
+from functools import partial
+from typing import Callable
+
+import torch
+from fastai.basic_data import DataBunch
+from fastai.basic_train import Learner
+from torch import nn
+from torch.utils.data import DataLoader
+
+from losses.conclr_loss import ConCLRLoss, view_weights
+from losses.recognition import RecognitionLoss, first_weight
+from support.checkpoint import load_weights
+from utils import Config, ConfigError
+
+
+def build_model(config: Config) -> nn.Module:
+    """Instantiate `model.name` (a class under modules/) and load `model.vision.checkpoint`, `model.checkpoint`."""
+    module_name, _, class_name = config.model_name.rpartition('.')
+    if not module_name.startswith('modules.'):
+        raise ConfigError(f'model.name {config.model_name!r} must name a class under modules/')
+    try:
+        model_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f'model.name {config.model_name!r}: no such class') from None
+    model = model_class(config)
+    for path in (config.model_vision_checkpoint, config.model_checkpoint):
+        if path:
+            load_weights(model, path, strict=config.model_strict)
+    return model
+
+
+def is_conclr(model: nn.Module) -> bool:
+    """Whether the model trains with ConAug views and the contrastive loss."""
+    return hasattr(model, 'projection_head')
+
+
+def build_loss(config: Config, conclr: bool) -> nn.Module:
+    """ConCLRLoss (view weights, tau, alpha) for a ConCLR model, else RecognitionLoss; the weights come from
+    `model.vision.loss_weight`."""
+    weight = config.model_vision_loss_weight
+    if not conclr:
+        return RecognitionLoss(first_weight(weight))
+    try:
+        weights = view_weights(weight)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return ConCLRLoss(config.training_tau, config.training_alpha, config.training_include_eos, weights=weights)
+
+
+def optimizer_func(config: Config) -> Callable[..., torch.optim.Optimizer]:
+    """`optimizer.type` (a torch.optim class) with its `optimizer.args`; call it with parameters and lr."""
+    opt_class = getattr(torch.optim, config.optimizer_type, None)
+    if opt_class is None:
+        raise ConfigError(f'optimizer.type {config.optimizer_type!r} is not a torch.optim class')
+    opt_args = {k.removeprefix('optimizer_args_'): tuple(v) if isinstance(v, list) else v
+                for k, v in config.items() if k.startswith('optimizer_args_') and v is not None}
+    return partial(opt_class, **opt_args)
+
+
+def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_dl: DataLoader,
+                  device: torch.device) -> Learner:
+    """The fastai Learner with ABINet's optimiser settings and the recognition (+ contrastive) loss."""
+    data = DataBunch(train_dl, valid_dl, device=device)
+    loss_func = build_loss(config, is_conclr(model))
+    return Learner(data, model.to(device), opt_func=optimizer_func(config), loss_func=loss_func,
+                   wd=config.optimizer_wd, true_wd=config.optimizer_true_wd, bn_wd=config.optimizer_bn_wd,
+                   path=str(config.workdir), model_dir='.', silent=True)

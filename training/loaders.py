@@ -1,0 +1,42 @@
+"""The training and evaluation DataLoaders (this process's share of them in a distributed run)."""
+
+from __future__ import annotations
+
+import torch
+from fastai.basic_data import DeviceDataLoader
+from torch.utils.data import DataLoader, Dataset
+
+from dataset import limit_opencv_threads, seed_worker
+from support.distributed import ResumableDistributedSampler, ShardedBatchSampler, current_env
+from utils import Config
+
+
+def eval_dataloader(config: Config, dataset: Dataset, device: torch.device) -> DataLoader:
+    """Fixed-order evaluation batches of `dataset.test.batch_size`; in a distributed run this process's share
+    (batches dealt round-robin, see ShardedBatchSampler)."""
+    env = current_env(device)
+    limit_opencv_threads()  # before any worker is forked
+    batches = ShardedBatchSampler(len(dataset), config.dataset_test_batch_size, env.rank, env.world_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=config.dataset_num_workers,
+                      pin_memory=config.dataset_pin_memory and device.type == 'cuda', worker_init_fn=seed_worker)
+
+
+def test_loader(config: Config, dataset: Dataset, device: torch.device) -> DeviceDataLoader:
+    """Fixed-order evaluation loader (this process's share of it in a distributed run)."""
+    return DeviceDataLoader(eval_dataloader(config, dataset, device), device)
+
+
+def loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
+    """Seed of the training loader's own generator (worker base seeds), distinct per rank and per (re)start."""
+    return (sampler_seed * 1_000_003 + rank * 7_919 + iteration) % 2**63
+
+
+def train_dataloader(config: Config, dataset: Dataset, sampler: ResumableDistributedSampler, batch: int,
+                     device: torch.device, seed: int) -> DataLoader:
+    """Shuffled training batches of this process's `batch` from `sampler`, workers seeded from `seed`."""
+    workers = config.dataset_num_workers
+    limit_opencv_threads()  # before any worker is forked
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
+                      pin_memory=config.dataset_pin_memory and device.type == 'cuda',
+                      persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,89 @@
+"""Restoring a resumed training run: every use of the checkpoint that `training.resume` names, in one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastai.basic_train import Learner
+from torch import nn
+
+from support.checkpoint import (
+    ResumePoint,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    periodic_checkpoints,
+    restore_rng,
+    resume_point,
+)
+from support.distributed import DistEnv, shared_seed
+from support.memory_format import align_optimizer_state
+from utils import Config
+
+
+@dataclass
+class Resume:
+    """The checkpoint a resumed run continues from (`path` and `state` None for a fresh run)."""
+
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, config: Config) -> Resume:
+        """The checkpoint of `training.resume` (a file, or the newest periodic one of a folder), if set."""
+        if not config.training_resume:
+            return cls()
+        path = find_checkpoint(config.training_resume)
+        return cls(path, load_checkpoint(path))
+
+    def sampler_seed(self, config: Config) -> int:
+        """The training sampler's seed: the checkpoint's, else one drawn from `global.seed` (same on every rank)."""
+        if self.state is not None and self.state.get('sampler_seed') is not None:
+            return int(self.state['sampler_seed'])
+        return shared_seed(config.global_seed)
+
+    def point(self, config: Config, iters_per_epoch: int, env: DistEnv, logger: logging.Logger) -> ResumePoint:
+        """Where training starts: `training.start_iters` for a fresh run, else the checkpoint's place."""
+        if self.state is None:
+            return ResumePoint(config.training_start_iters, 0, 0, True, '')
+        point = resume_point(self.state, iters_per_epoch, env.world_size, config.dataset_train_batch_size)
+        logger.info(f'resuming from {self.path} at iteration {point.iteration}: {point.note}')
+        return point
+
+    def restore_model(self, model: nn.Module) -> None:
+        """Load the checkpoint's weights (strictly) into `model`."""
+        if self.path is not None:
+            load_weights(model, self.path, strict=True)
+
+    def restore_optimizer(self, learn: Learner, config: Config, logger: logging.Logger) -> None:
+        """Create the Learner's optimiser with the checkpoint's state (a warning when it holds none)."""
+        if self.state is None:
+            return
+        if self.state.get('opt') is None:
+            logger.warning(f'{self.path} holds no optimiser state: the optimiser starts afresh')
+            return
+        learn.create_opt(config.optimizer_lr, config.optimizer_wd)
+        learn.opt.load_state_dict(self.state['opt'])
+        align_optimizer_state(learn.opt.opt)  # NCHW moments from the file, channels-last weights
+
+    def restore_scaler(self, scaler: Any) -> None:
+        """Load the fp16 GradScaler's state, when both exist."""
+        if scaler is not None and self.state is not None and self.state.get('scaler'):
+            scaler.load_state_dict(self.state['scaler'])
+
+    def restore_rng(self, env: DistEnv) -> None:
+        """Set this rank's random generators to the checkpoint's (when it was saved with as many processes)."""
+        if self.state is not None and len(self.state.get('rng') or []) == env.world_size:
+            restore_rng(self.state['rng'][env.rank])
+
+    @property
+    def best_cwr(self) -> float:
+        """The best cwr so far (-1 for a fresh run)."""
+        return float(self.state.get('best_cwr', -1.0)) if self.state is not None else -1.0
+
+    def saved(self, config: Config) -> list[Path] | None:
+        """The run's periodic checkpoints already on disk, for the keep-last-five rule (None for a fresh run)."""
+        return periodic_checkpoints(config.workdir, config.global_name) if self.state is not None else None

@@ -1,0 +1,136 @@
+"""The test phase: every test root evaluated on its own and together, with predictions and attention pictures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from callbacks.amp import MixedPrecision, amp_mode
+from dataset import ImageDataset, dataset_kwargs, named_test_sets
+from modules.decoding import decode_logits
+from support.checkpoint import CheckpointError
+from support.distributed import DistEnv, current_env, setup_rank_logger
+from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
+from support.memory_format import enable_cudnn_autotune
+from support.pictures import attention_maps, attention_picture, denormalize, save_rgb
+from training.builders import build_learner, build_model
+from training.loaders import test_loader
+from training.run_log import log_config_notes
+from utils import CharsetMapper, Config
+
+ATTENTION_PICTURES_PER_SET = 16
+
+
+def test(config: Config, device: torch.device, image_only: bool = False,
+         env: DistEnv | None = None) -> list[dict[str, Any]]:
+    """Evaluate every test root on its own and together; print and save the table and per-sample predictions.
+
+    Under torchrun every process evaluates its share of each set; rank 0 writes the results, which equal a
+    single-process run's exactly.
+    """
+    env = env or current_env(device)
+    best = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
+    amp = amp_mode(config.training_amp)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    test_sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
+    logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()
+    log_config_notes(config, env, logger)
+    if best is not None:
+        config.model_checkpoint = str(best)
+        logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
+    model = build_model(config)
+    enable_cudnn_autotune(device)
+    logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
+                + (f' with {env.world_size} processes' if env.distributed else ''))
+    loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
+    first = next(iter(loaders.values())).dl
+    learn = build_learner(config, model, first, first, device)
+    if amp:
+        learn.callbacks.append(MixedPrecision(learn, amp, device.type))
+    if env.is_main:
+        set_aside_previous_results(config.workdir, logger)
+    results = []
+    for name, dl in loaders.items():
+        result = evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
+                          left_out=test_sets[name].num_left_out)
+        results.append(result)
+        if env.is_main:
+            _dump_predictions(config.workdir / 'predictions' / f'{name}.tsv', result)
+            if not image_only:
+                _attention_pictures(model, test_sets[name], charset, config.workdir / 'attention' / name, device)
+    rows = table_rows(results)
+    if env.is_main:
+        logger.info('results\n' + format_table(rows))
+        write_csv(rows, config.workdir / 'test_results.csv')
+        logger.info(f'wrote {config.workdir / "test_results.csv"} and per-sample predictions in '
+                    f'{config.workdir / "predictions"}' + ('' if image_only else f', attention pictures in '
+                                                            f'{config.workdir / "attention"}'))
+    return rows
+
+
+def best_checkpoint(config: Config) -> Path:
+    """The run's best checkpoint, `<global.workdir>/<global.name>/best-<global.name>.pth`."""
+    return config.workdir / f'best-{config.global_name}.pth'
+
+
+def checkpoint_to_test(config: Config) -> Path | None:
+    """None when `model.checkpoint` (--checkpoint) is set; else the run's best checkpoint, which the test phase
+    evaluates then, as upstream (an error naming it when it does not exist)."""
+    if config.model_checkpoint:
+        return None
+    path = best_checkpoint(config)
+    if not path.is_file():
+        raise CheckpointError(f'no --checkpoint given and the run\'s best checkpoint {path} does not exist '
+                              '(train first, or pass --checkpoint PATH)')
+    return path
+
+
+TEST_OUTPUTS = ('test_results.csv', 'predictions', 'attention')
+
+
+def set_aside_previous_results(workdir: Path, logger: logging.Logger) -> list[Path]:
+    """Rename the outputs of an earlier test phase in `workdir` to `<name>-<its time>` (say so in the log), so a
+    new test run never overwrites them; returns the new names."""
+    found = [workdir / name for name in TEST_OUTPUTS if (workdir / name).exists()]
+    if not found:
+        return []
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(found[0].stat().st_mtime))
+    kept = []
+    for path in found:
+        target, k = path.with_name(f'{path.stem}-{stamp}{path.suffix}'), 1
+        while target.exists():
+            target, k = path.with_name(f'{path.stem}-{stamp}-{k}{path.suffix}'), k + 1
+        kept.append(path.rename(target))
+    logger.info(f'an earlier test run left results here; kept them as {", ".join(p.name for p in kept)}')
+    return kept
+
+
+def _dump_predictions(path: Path, result: EvalResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write('index\tground_truth\tprediction\tconfidence\tcorrect\n')
+        for i, (gt, pred, conf) in enumerate(result.records):
+            correct = pred == gt if result.metrics.case_sensitive else pred.lower() == gt.lower()
+            f.write(f'{i}\t{gt}\t{pred}\t{conf:.4f}\t{int(correct)}\n')
+
+
+@torch.no_grad()
+def _attention_pictures(model: nn.Module, dataset: ImageDataset, charset: CharsetMapper, folder: Path,
+                        device: torch.device) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    count = min(ATTENTION_PICTURES_PER_SET, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(count)])  # stays on the host for the pictures
+    model.eval()
+    output = model(images.to(device))
+    texts, _, _ = decode_logits(output['logits'], charset)
+    maps = attention_maps(output['attn_scores'])  # one device copy for the batch
+    for i in range(count):
+        picture = attention_picture(denormalize(images[i]), maps[i], texts[i])
+        save_rgb(folder / f'{i:04d}.png', picture)
+
+

@@ -1,0 +1,325 @@
+"""The training phase in named steps: data, loaders (with the resumed place), model, learner (optimiser,
+precision), callbacks, fit. `train()` reads as the list of them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from fastai.basic_train import Learner
+from fastai.callback import Callback
+from fastai.train import GradientClipping
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from callbacks.amp import MixedPrecision, amp_mode
+from callbacks.conaug import ConAugPretransform
+from callbacks.distributed import DistributedTrainer
+from callbacks.iteration import IterationCallback
+from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
+from callbacks.nonfinite import NonFiniteGuard
+from dataset import (
+    SMALL_SIDE,
+    DatasetError,
+    ImageDataset,
+    dataset_kwargs,
+    get_dataset,
+    named_test_sets,
+    shutdown_workers,
+)
+from support.checkpoint import ResumePoint, capture_rng
+from support.distributed import (
+    DistEnv,
+    ResumableDistributedSampler,
+    all_gather_objects,
+    current_env,
+    local_batch_size,
+    setup_rank_logger,
+    sum_across_ranks,
+    unwrap,
+)
+from support.evaluation import evaluate
+from support.memory_format import enable_cudnn_autotune, weights_memory_format
+from support.pictures import log_eval_images
+from support.stop_signal import Interrupted, StopSignal
+from training.builders import build_learner, build_model, is_conclr
+from training.loaders import eval_dataloader, loader_seed, train_dataloader
+from training.resume import Resume
+from training.run_log import log_config_notes
+from utils import CharsetMapper, Config, seed_everything
+
+# Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
+DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
+# Test hook: "RANK:ITERATION" makes that rank fail as it starts that training iteration (1-based), as a loader
+# error would, so the tests can check that a failing rank ends the whole job instead of hanging it.
+FAIL_AT_ENV = 'CONCLR_TEST_FAIL_AT'
+
+
+@dataclass
+class TrainData:
+    """The opened training and evaluation data."""
+
+    charset: CharsetMapper
+    train_set: ConcatDataset
+    test_sets: dict[str, ImageDataset]
+    valid_set: ConcatDataset  # the test sets concatenated: what every evaluation during training reads
+
+
+@dataclass
+class Loaders:
+    """This process's training and evaluation loaders, and where in the data training starts."""
+
+    sampler: ResumableDistributedSampler
+    train_dl: DataLoader
+    valid_dl: DataLoader
+    iters_per_epoch: int
+    point: ResumePoint
+    sampler_seed: int
+
+
+def open_data(config: Config) -> TrainData:
+    """Step 1: the charset, `dataset.train.roots` and the named `dataset.test.roots`."""
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    train_set = get_dataset(config.dataset_train_roots, charset, True, **dataset_kwargs(config, True))
+    test_sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
+    return TrainData(charset, train_set, test_sets, ConcatDataset(list(test_sets.values())))
+
+
+def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainData) -> logging.Logger:
+    """Step 2: the log file (only once the data opened: a start that fails on a missing LMDB leaves no train.txt)
+    with the run's setting; an error when the data holds less than one global batch."""
+    global_batch = config.dataset_train_batch_size
+    logger = setup_rank_logger(config.workdir, 'train', env)
+    logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
+    log_config_notes(config, env, logger)
+    if env.distributed:
+        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
+                    f'{global_batch} = {env.world_size} x {local_batch_size(global_batch, env.world_size)}')
+    logger.info(f'training samples {len(data.train_set)} from {len(config.dataset_train_roots)} root(s); '
+                f'evaluation samples {len(data.valid_set)} from {", ".join(data.test_sets)}')
+    if len(data.train_set) < global_batch:
+        raise DatasetError(f'{len(data.train_set)} training samples are fewer than one batch ({global_batch})')
+    return logger
+
+
+def make_loaders(config: Config, env: DistEnv, device: torch.device, data: TrainData, resume: Resume,
+                 logger: logging.Logger) -> Loaders:
+    """Step 3: the sampler placed at the (resumed) start, and the loaders."""
+    batch = local_batch_size(config.dataset_train_batch_size, env.world_size)
+    seed = resume.sampler_seed(config)
+    sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch)
+    iters_per_epoch = sampler.num_samples // batch
+    point = resume.point(config, iters_per_epoch, env, logger)
+    sampler.resume_at(point.epoch, point.skip_batches)
+    sampler.set_epoch(point.epoch)
+    train_dl = train_dataloader(config, data.train_set, sampler, batch, device,
+                                seed=loader_seed(seed, env.rank, point.iteration))
+    return Loaders(sampler, train_dl, eval_dataloader(config, data.valid_set, device), iters_per_epoch, point, seed)
+
+
+def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resume,
+               logger: logging.Logger) -> nn.Module:
+    """Step 4: the model with the resumed weights, in the memory format training uses."""
+    model = build_model(config)
+    resume.restore_model(model)
+    logger.info(f'model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters')
+    if config.training_channels_last:
+        if device.type == 'cuda':
+            # weights here; inputs and the backbone's output follow the weights (modules use dense_like)
+            model = model.to(memory_format=weights_memory_format(device, True))
+        else:
+            logger.warning('training.channels_last is ignored on the CPU')
+    if enable_cudnn_autotune(device):
+        logger.info('cudnn.benchmark on (fixed input shapes)')
+    if config.training_sync_bn and env.distributed and device.type != 'cuda':
+        logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
+    return model
+
+
+def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.Module, loaders: Loaders,
+                 resume: Resume, logger: logging.Logger) -> tuple[Learner, MixedPrecision | None]:
+    """Step 5: the Learner with the resumed optimiser state, and mixed precision when `training.amp` asks."""
+    if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
+        seed_everything((config.global_seed if config.global_seed is not None else torch.initial_seed()) + env.rank)
+    learn = build_learner(config, model, loaders.train_dl, loaders.valid_dl, device)
+    resume.restore_optimizer(learn, config, logger)
+    amp = amp_mode(config.training_amp)
+    if not amp:
+        return learn, None
+    precision = MixedPrecision(learn, amp, device.type)
+    learn.callbacks.append(precision)  # learner-wide: evaluation forward passes run under autocast too
+    resume.restore_scaler(precision.scaler)
+    logger.info(f'mixed precision {amp}' + (' with a gradient scaler' if precision.scaler else ''))
+    return learn, precision
+
+
+def evaluator(config: Config, learn: Learner, data: TrainData, writer: Any,
+              stop: StopSignal | None) -> Callable[[int], dict[str, float] | None]:
+    """The evaluation IterationCallback runs: loss and metrics on the valid set, TensorBoard pictures; None when
+    a stop cut it short."""
+    def run_eval(iteration: int) -> dict[str, float] | None:
+        result = evaluate(learn, learn.data.valid_dl, data.charset, config.dataset_eval_case_sensitive,
+                          should_stop=(lambda: stop.requested) if stop is not None else None)
+        if stop is not None and stop.agreed():  # a collective: every rank, every evaluation
+            return None  # cut short: neither logged nor compared with the best
+        if writer is not None:
+            log_eval_images(writer, unwrap(learn.model), data.valid_set, data.charset, iteration)
+        return {'loss': result.loss, **{k: v for k, v in result.metrics.summary().items() if k != 'words'}}
+    return run_eval
+
+
+def checkpoint_extras(config: Config, env: DistEnv, loaders: Loaders,
+                      precision: MixedPrecision | None) -> Callable[[], dict[str, Any]]:
+    """What every checkpoint holds beyond model and optimiser: the run's layout and random states (a collective)."""
+    def extra_state() -> dict[str, Any]:
+        scaler = precision.scaler.state_dict() if precision is not None and precision.scaler is not None else None
+        return {'iters_per_epoch': loaders.iters_per_epoch, 'world_size': env.world_size,
+                'global_batch': config.dataset_train_batch_size, 'sampler_seed': loaders.sampler_seed,
+                'rng': all_gather_objects(capture_rng()), 'scaler': scaler}
+    return extra_state
+
+
+def make_iteration_callback(config: Config, env: DistEnv, *, learn: Learner, loaders: Loaders,
+                            resume: Resume, logger: logging.Logger, writer: Any,
+                            evaluate: Callable[[int], dict[str, float] | None],
+                            extra_state: Callable[[], dict[str, Any]],
+                            stop: StopSignal | None) -> IterationCallback:
+    """Step 6a: logging, evaluation and checkpoints every so many iterations, from the (resumed) start."""
+    point = loaders.point
+    return IterationCallback(
+        learn, name=config.global_name, workdir=config.workdir, logger=logger, evaluate=evaluate, writer=writer,
+        show_iters=config.training_show_iters, eval_iters=config.training_eval_iters,
+        save_iters=config.training_save_iters, start_iter=point.iteration, max_iters=config.training_max_iters,
+        best_cwr=resume.best_cwr, start_epoch=point.epoch, start_batch=point.skip_batches, is_main=env.is_main,
+        world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop)
+
+
+def training_callbacks(config: Config, env: DistEnv, *, learn: Learner, loaders: Loaders, data: TrainData,
+                       logger: logging.Logger, writer: Any, iteration_cb: IterationCallback) -> list[Callback]:
+    """Step 6b: DDP, the non-finite guard, the lr schedule, clipping, ConAug, the iteration bookkeeping."""
+    point = loaders.point
+    callbacks: list[Callback] = [
+        DistributedTrainer(learn, env, loaders.sampler, point.epoch, sync_bn=config.training_sync_bn,
+                           find_unused_parameters=config.training_find_unused_parameters),
+        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
+        PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
+                            config.optimizer_scheduler_gamma, point.iteration, loaders.iters_per_epoch,
+                            warmup_iters=config.optimizer_scheduler_warmup_iters, epochs=config.training_epochs,
+                            logger=logger)]
+    if config.optimizer_clip_grad:
+        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
+    if is_conclr(unwrap(learn.model)):
+        callbacks.append(ConAugPretransform(side=config.conaug_side, charset=data.charset,
+                                            test_conaug=config.dataset_test_conaug and env.is_main,
+                                            workdir=config.workdir, writer=writer))
+    return callbacks + [iteration_cb] + _failure_hook(env.rank)
+
+
+def nothing_left(config: Config, loaders: Loaders, logger: logging.Logger) -> bool:
+    """Whether the (resumed) start is already past the last epoch, phase or `training.max_iters` (logged)."""
+    point, max_iters = loaders.point, config.training_max_iters
+    end = schedule_end(config.optimizer_scheduler_periods, loaders.iters_per_epoch, config.training_epochs)
+    if config.training_epochs - point.epoch > 0 and (max_iters is None or point.iteration < max_iters) and \
+            (end is None or point.iteration < end):
+        return False
+    logger.info(f'nothing left to train at iteration {point.iteration}, epoch {point.epoch} '
+                f'(training.epochs {config.training_epochs}, optimizer.scheduler.periods '
+                f'{config.optimizer_scheduler_periods}, training.max_iters {max_iters})')
+    return True
+
+
+def fit(config: Config, learn: Learner, loaders: Loaders, callbacks: list[Callback],
+        stop: StopSignal | None) -> None:
+    """Step 7: fastai's fit over the epochs left (signals deferred to step boundaries); the loader's workers
+    end with it."""
+    try:
+        with stop.deferred() if stop is not None else nullcontext():
+            learn.fit(config.training_epochs - loaders.point.epoch, lr=config.optimizer_lr, callbacks=callbacks)
+    finally:
+        shutdown_workers(loaders.train_dl)  # the Learner's reference cycle would keep them alive after train()
+
+
+def train(config: Config, device: torch.device, env: DistEnv | None = None,
+          stop: StopSignal | None = None) -> IterationCallback:
+    """Train on dataset.train.roots, evaluating on the concatenated dataset.test.roots.
+
+    In a distributed run (torchrun) every process calls it with its own `env`; `dataset.train.batch_size` is the
+    global batch, split evenly over the processes. `training.resume` continues an interrupted run. With `stop`
+    (installed signal handlers), SIGINT / SIGTERM end training after the current step with one resumable
+    checkpoint and raise Interrupted.
+    """
+    env = env or current_env(device)
+    amp_mode(config.training_amp)  # a bad value is an error before any data opens
+    seed_everything(config.global_seed)
+    data = open_data(config)
+    logger = start_log(config, env, device, data)
+    resume = Resume.read(config)
+    loaders = make_loaders(config, env, device, data, resume, logger)
+    model = make_model(config, env, device, resume, logger)
+    learn, precision = make_learner(config, env, device, model, loaders, resume, logger)
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(str(config.workdir)) if env.is_main else None
+    try:
+        iteration_cb = make_iteration_callback(
+            config, env, learn=learn, loaders=loaders, resume=resume, logger=logger, writer=writer,
+            evaluate=evaluator(config, learn, data, writer, stop),
+            extra_state=checkpoint_extras(config, env, loaders, precision), stop=stop)
+        if nothing_left(config, loaders, logger):
+            return iteration_cb
+        callbacks = training_callbacks(config, env, learn=learn, loaders=loaders, data=data, logger=logger,
+                                       writer=writer, iteration_cb=iteration_cb)
+        resume.restore_rng(env)
+        fit(config, learn, loaders, callbacks, stop)
+    finally:
+        if writer is not None:
+            writer.close()
+    return finish(env, device, data, learn, iteration_cb, stop, logger)
+
+
+def finish(env: DistEnv, device: torch.device, data: TrainData, learn: Learner, iteration_cb: IterationCallback,
+           stop: StopSignal | None, logger: logging.Logger) -> IterationCallback:
+    """Step 8: Interrupted after a signal; else the closing log line (and the test hook's final-state dump)."""
+    if stop is not None and stop.agreed():
+        raise Interrupted(stop.signum, f' at iteration {iteration_cb.iteration}',
+                          checkpoint=iteration_cb.saved[-1] if iteration_cb.saved else None)
+    logger.info(f'training done at iter {iteration_cb.iteration}; best cwr {iteration_cb.best_cwr:.4f}; '
+                + replaced_summary(data.train_set, device))
+    dump = os.environ.get(DUMP_FINAL_STATE_ENV)
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        torch.save({'model': unwrap(learn.model).state_dict(), 'history': iteration_cb.history},
+                   Path(dump) / f'rank{env.rank}.pth')
+    return iteration_cb
+
+
+def replaced_summary(train_set: Any, device: torch.device) -> str:
+    """How many training samples were replaced, by cause, summed over worker processes and ranks (a collective)."""
+    unreadable, small = sum_across_ranks([float(sum(ds.num_replaced for ds in train_set.datasets)),
+                                          float(sum(ds.num_small for ds in train_set.datasets))], device)
+    return (f'training samples replaced by random ones: {int(unreadable)} unreadable (undecodable image or '
+            f'unusable label), {int(small)} too small (a side of {SMALL_SIDE} px or less)')
+
+
+class _FailAt(Callback):
+    """Raise a DatasetError as training iteration `iteration` (1-based, counted from this run's start) begins."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
+        if train and iteration + 1 == self.iteration:
+            raise DatasetError(f'{FAIL_AT_ENV}: simulated loader failure at iteration {self.iteration}')
+
+
+def _failure_hook(rank: int) -> list[Callback]:
+    """The `FAIL_AT_ENV` test hook's callback for this rank (none normally)."""
+    value = os.environ.get(FAIL_AT_ENV)
+    if not value:
+        return []
+    fail_rank, _, iteration = value.partition(':')
+    return [_FailAt(int(iteration))] if int(fail_rank) == rank else []
