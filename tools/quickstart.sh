@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Quick start on a fresh machine: install, render the synthetic word images, train ConCLR-Vision on them
-# (about 10 minutes on 2 CPU cores), then evaluate the best checkpoint on the held-out renders and, when
-# ../shared/benchmarks is present, on the real benchmark LMDBs.
+# Quick start on a fresh machine: install (fonts too, when apt-get is there), render the synthetic word images,
+# train ConCLR-Vision on them from the shipped ABINet-Vision weights (about 10 minutes on 2 CPU cores), then
+# evaluate the best checkpoint on the held-out renders and, when ../shared/benchmarks is present, on the real
+# benchmark LMDBs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/setup_env.sh
+bash tools/install_fonts.sh
 CONFIG=configs/quickstart_conclr_vision_model.yaml
 if [ ! -f data/synth/train/data.mdb ] || [ ! -f data/synth/test/data.mdb ]; then
   python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite
