@@ -3,7 +3,7 @@
 Every row builds its own inputs, runs the script in a fresh process (tests/cli_runner.py) and asserts the exit
 status, the lines on stderr (one line naming the file, key or value for an error), no Python traceback anywhere,
 and that nothing was lost: every file that existed before the run still holds its bytes (logs may only grow), or
-was moved with its bytes intact. README.md, "Reliability", lists the same rows.
+was moved with its bytes intact. docs/reference.md, "Reliability", lists the same rows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fine-tuning as the README documents it: labelled crops -> tools/create_lmdb_dataset.py -> `main.py --checkpoint`
+"""Fine-tuning as docs/data.md documents it: labelled crops -> tools/create_lmdb_dataset.py -> `main.py --checkpoint`
 training that starts from the checkpoint's weights with a fresh optimiser."""
 
 from __future__ import annotations
