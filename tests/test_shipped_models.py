@@ -16,7 +16,7 @@ from support.checkpoint import load_checkpoint
 from tools.render_synthetic import find_fonts, render_word
 from utils import REPO_ROOT, CharsetMapper, Config
 
-SHIPPED = ('abinet_vision_quarter',)  # conclr_vision_quarter joins when tools/train_shipped.sh has released it
+SHIPPED = ('abinet_vision_quarter', 'conclr_vision_quarter')
 MAX_BYTES = 6_000_000
 # common words, rendered with the fonts every machine has (matplotlib's); none is chosen from the training data
 WORDS = ('river', 'garden', 'people', 'street', 'coffee', 'market', 'hotel', 'night', 'world', 'orange', 'public',
