@@ -7,18 +7,23 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from modules.encoder_layer import EncoderLayer
+from modules.fast_dropout import FastDropout
 from modules.positional_encoding import PositionalEncoding
 from modules.resnet import ResNet45
 from support.memory_format import dense_like
 
 
 class ResTransformer(nn.Module):
-    """ResNet45 -> flatten row-major -> positional encoding -> `num_layers` encoder layers -> N x E x H x W."""
+    """ResNet45 -> flatten row-major -> positional encoding -> `num_layers` encoder layers -> N x E x H x W.
+
+    `fast_dropout` (model.vision.fast_dropout) computes the encoder's dropouts with modules/fast_dropout.py on the CPU.
+    """
 
     def __init__(self, d_model: int = 512, nhead: int = 8, d_inner: int = 2048, dropout: float = 0.1,
                  activation: str = 'relu', num_layers: int = 3, feature_size: tuple[int, int] = (8, 32),
                  resnet_widths: Sequence[int] = (32, 64, 128, 256, 512),
-                 resnet_layers: Sequence[int] = (3, 4, 6, 6, 3)):
+                 resnet_layers: Sequence[int] = (3, 4, 6, 6, 3), fast_dropout: bool = True):
         super().__init__()
         if resnet_widths[-1] != d_model:
             raise ValueError(f'model.vision.d_model ({d_model}) must equal the last ResNet width '
@@ -26,7 +31,9 @@ class ResTransformer(nn.Module):
         self.d_model = d_model
         self.resnet = ResNet45(resnet_widths, resnet_layers)
         self.pos_encoder = PositionalEncoding(d_model, dropout=dropout, max_len=feature_size[0] * feature_size[1])
-        layer = nn.TransformerEncoderLayer(d_model, nhead, d_inner, dropout, activation)
+        if fast_dropout:
+            self.pos_encoder.dropout = FastDropout(dropout)
+        layer = EncoderLayer(d_model, nhead, d_inner, dropout, activation, fast_dropout=fast_dropout)
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

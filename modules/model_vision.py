@@ -33,7 +33,8 @@ class BaseVision(nn.Module):
         if config.model_vision_backbone == 'transformer':
             self.backbone = ResTransformer(d_model, config.model_vision_nhead, config.model_vision_d_inner,
                                            config.model_vision_dropout, config.model_vision_activation,
-                                           config.model_vision_backbone_ln, feature_size, widths, layers)
+                                           config.model_vision_backbone_ln, feature_size, widths, layers,
+                                           config.model_vision_fast_dropout)
         elif config.model_vision_backbone == 'resnet':
             if widths[-1] != d_model:
                 raise ValueError(f'model.vision.d_model ({d_model}) must equal the last ResNet width ({widths[-1]})')

@@ -269,3 +269,10 @@ def test_channels_last_weights_get_channels_last_inputs_and_the_same_outputs(tmp
     assert seen == {'nchw stem': [False], 'nchw key encoder': [False], 'cl stem': [True], 'cl key encoder': [True]}
     for key in ('logits', 'attn_scores', 'feature'):
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_fast_dropout_key_chooses_the_encoder_dropout(tmp_path, fast):
+    model = BaseVision(tiny_config(tmp_path, fast_dropout=fast))
+    kinds = {type(m).__name__ for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == ({'FastDropout'} if fast else {'Dropout'})
