@@ -1,9 +1,11 @@
-"""Benchmark harness: training throughput, ConAug, contrastive loss, input pipeline, inference and demo speed.
+"""Benchmark harness: training throughput, ConAug, contrastive loss, input pipeline, inference and demo speed, and
+the fastai Learner's own overhead per training step.
 
     python -m tools.benchmark --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
     python -m tools.benchmark --quick                           # tiny model, seconds (used by the test suite)
     python -m tools.benchmark --size official --batch 384 --device cuda --fit_batch --channels_last \
         --cudnn_benchmark --infer_batch 384 --output gpu.json     # the GPU rows (tools/gpu_check.sh runs this)
+    python -m tools.benchmark --sections learner --threads 1    # Learner vs plain PyTorch loop, quarter width
 
 Measures on the machine at hand, prints one table (metric, value, target, PASS/FAIL, note) and saves it as JSON.
 Timings are medians over repeated runs after warm-up; targets are checked here, never in the tests.
@@ -15,10 +17,12 @@ import support.fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import contextlib
+import copy
 import gc
 import importlib
 import inspect
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,13 +37,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.basic_train import Learner
+from fastai.callback import Callback
+from fastai.train import GradientClipping
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params
+from callbacks.iteration import IterationCallback
+from callbacks.lr_schedule import PiecewiseConstantLR
+from callbacks.nonfinite import NonFiniteGuard
 from losses.contrastive import contrastive_loss
 from support.memory_format import enable_cudnn_autotune
 from tools.loop_references import conaug_loop, contrastive_loss_loop
-from training.builders import build_loss, build_model, is_conclr, optimizer_func
+from training.builders import build_learner, build_loss, build_model, is_conclr, optimizer_func
 from utils import REPO_ROOT, CharsetMapper, Config, tune_malloc
 
 ABINET = 'modules.model_vision.BaseVision'
@@ -61,6 +72,10 @@ SIZES = ('tiny', 'quarter', 'official')
 GPU_TARGET_IMG_S = 2500  # issue 16: ABINet-Vision full-size bf16 training on one H100
 RATIO_TARGET = {'cpu': 3.15, 'cuda': 3.1}  # ConCLR / ABINet step time (performance issue on CPU, issue 16 on GPU)
 LOSS_AGREEMENT = 0.02  # issue 16: bf16 / fp16 final losses within 2 % of float32 after the same steps
+LEARNER_OVERHEAD_TARGET = 3.0  # % : the fastai Learner's own cost per quarter-width step over the plain loop
+LEARNER_WEIGHT_AGREEMENT = 1e-5  # largest weight difference, Learner vs plain loop, after the same steps, no dropout
+LEARNER_LOSS_AGREEMENT = 1e-3  # relative difference of their last losses (a loose bound; equal in practice)
+LEARNER_CHECK_STEPS = 2  # steps of that comparison
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: input and weight gradients)
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by a part of the device name.
 BF16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('GH200', 989.4),
@@ -80,8 +95,10 @@ METRIC_KEYS = (
     'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio', 'loader.workers_needed',
     'infer.b1.img_s', 'infer.b64.img_s', 'infer.ratio',
     'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
+    *(f'learner.{tag}.{m}' for tag in ('abinet', 'conclr')
+      for m in ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')),
 )
-SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo')
+SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo', 'learner')
 PRECISION_SECTIONS = ('train.', 'infer.', 'flops.matmul', 'loss.', 'loader.workers_needed')
 # Rows only a CUDA run has (per precision, with the suffix): peak memory and the data-sheet utilisation.
 CUDA_METRIC_KEYS = ('train.abinet.peak_gib', 'train.conclr.peak_gib', 'train.abinet.mfu_datasheet@bf16')
@@ -372,6 +389,7 @@ class Settings:
     channels_last: bool = False
     loss_steps: int = 10
     loss_batch: int = 64
+    learner_rounds: int = 3
 
 
 @dataclass
@@ -928,6 +946,220 @@ def _yaml_of(config: Config) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
+# ----------------------------------------------------------------------------------------------- fastai Learner
+
+
+class FixedBatchSet(Dataset):
+    """One batch served sample by sample, `repeats` times over, as (image, (label, length)) like ImageDataset;
+    a DataLoader at the batch's size (no shuffling) collates it back to the same batch every step."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], repeats: int = 1):
+        self.images, self.labels, self.lengths = batch
+        self.repeats = repeats  # the batches one epoch yields; may change between fits
+
+    def __len__(self) -> int:
+        """Samples in one epoch."""
+        return self.repeats * self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Sample i of the batch (modulo its size)."""
+        j = i % self.images.shape[0]
+        return self.images[j], (self.labels[j], self.lengths[j])
+
+
+class StepTimer(Callback):
+    """Stamps the wall clock (device synchronised) after every training batch, once all other callbacks have run,
+    and keeps the batch's loss; the gaps between stamps are whole Learner steps (data, callbacks, forward,
+    backward, clipping, optimiser). Skips fastai's end-of-epoch validation."""
+
+    _order = 1000  # last: after IterationCallback (10) and PiecewiseConstantLR (20)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stamps: list[float] = []
+        self.losses: list[float] = []
+
+    def on_epoch_begin(self, **kwargs: Any) -> dict:
+        """No validation pass at the end of the epoch."""
+        return {'skip_validate': True}
+
+    def on_batch_end(self, last_loss: torch.Tensor, train: bool, **kwargs: Any) -> None:
+        """Stamp the end of a training step and keep its loss."""
+        if train:
+            _sync(self.device)
+            self.stamps.append(time.perf_counter())
+            self.losses.append(float(last_loss))
+
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive stamps: every step after the first of each fit."""
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+class QuietIterationCallback(IterationCallback):
+    """Training's IterationCallback without its end-of-training evaluation and checkpoint (run after every fit)."""
+
+    def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
+        """Nothing: no evaluation, no checkpoint."""
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout of `model` to p = 0 (nn.Dropout and subclasses, MultiheadAttention's attention weights)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        if isinstance(module, nn.MultiheadAttention):
+            module.dropout = 0.0
+    return model
+
+
+def bench_learner(config: Config, model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
+                  ) -> tuple[Learner, list[Callback], StepTimer]:
+    """A Learner from build_learner over an in-memory loader of `batch`, and the per-fit callbacks training uses
+    (non-finite guard, lr schedule, iteration bookkeeping, clipping, ConAug for ConCLR) plus a StepTimer."""
+    data = FixedBatchSet(batch)
+    n = batch[0].shape[0]
+    train_dl = DataLoader(data, batch_size=n, shuffle=False, drop_last=True, num_workers=0,
+                          generator=torch.Generator())  # its own generator: no draw from the global RNG
+    valid_dl = DataLoader(data, batch_size=n, num_workers=0)
+    learn = build_learner(config, model, train_dl, valid_dl, device)
+    logger = logging.Logger('benchmark.learner')  # not registered: nothing reaches the root logger
+    logger.addHandler(logging.NullHandler())
+    timer = StepTimer(device)
+    callbacks: list[Callback] = [
+        NonFiniteGuard(learn, config.training_max_nonfinite, logger),
+        # no warm-up ramp: the plain loop runs at optimizer.lr throughout (the ramp changes values, not work)
+        PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
+                            config.optimizer_scheduler_gamma, 0, warmup_iters=0),
+        QuietIterationCallback(learn, name='benchmark', workdir=tempfile.gettempdir(), logger=logger,
+                               evaluate=lambda iteration: None, show_iters=config.training_show_iters,
+                               eval_iters=2**62, save_iters=2**62)]
+    if config.optimizer_clip_grad:
+        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
+    if is_conclr(model):
+        callbacks.append(ConAugPretransform(side=config.conaug_side))
+    return learn, callbacks + [timer], timer
+
+
+def learner_fit(learn: Learner, callbacks: list[Callback], timer: StepTimer, lr: float, steps: int) -> list[float]:
+    """`learn.fit(1)` over steps + 1 batches; the times of the last `steps` steps (the first is fit's start-up)."""
+    learn.data.train_dl.dataset.repeats = steps + 1
+    timer.stamps.clear()
+    learn.fit(1, lr=lr, callbacks=callbacks)
+    return timer.gaps()
+
+
+def plain_steps(step: Callable[[], Any], steps: int, device: torch.device) -> list[float]:
+    """Wall times of `steps` calls of a plain training step (device synchronised)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@dataclass
+class LearnerAgreement:
+    """Learner vs plain loop after the same steps from the same weights and batch, dropout off."""
+
+    plain_losses: list[float]
+    learner_losses: list[float]
+    weight_max_diff: float  # over every floating-point parameter and buffer (BatchNorm statistics too)
+    weight_change: float  # largest change of the Learner copy's weights from the start: the steps did train
+
+    @property
+    def loss_rel_diff(self) -> float:
+        """Relative difference of the last losses."""
+        a, b = self.plain_losses[-1], self.learner_losses[-1]
+        return abs(a - b) / max(abs(a), 1e-12)
+
+
+def learner_agreement(config: Config, batch: tuple[torch.Tensor, ...], device: torch.device,
+                      steps: int = LEARNER_CHECK_STEPS) -> LearnerAgreement:
+    """Train two copies of one seed-0 model with dropout off for `steps` steps, one by make_train_step and one by
+    the benchmark Learner, each from the same RNG state (ConAug's draws); their losses and weights should agree."""
+    torch.manual_seed(0)
+    model = disable_dropout(build_model(config))
+    twin = copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    step = make_train_step(twin, config, batch, device)
+    torch.manual_seed(1)
+    plain = [float(step()) for _ in range(steps)]
+    learn, callbacks, timer = bench_learner(config, model, batch, device)
+    torch.manual_seed(1)
+    learner_fit(learn, callbacks, timer, config.optimizer_lr, steps - 1)
+    return LearnerAgreement(plain, list(timer.losses), _max_abs_diff(model.state_dict(), twin.state_dict()),
+                            _max_abs_diff(model.state_dict(), start))
+
+
+def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest |a - b| over the floating-point entries of two state dicts with the same keys."""
+    return max(((v - b[k].to(v.device)).abs().max().item() for k, v in a.items()
+                if v.is_floating_point() and v.numel()), default=0.0)
+
+
+def time_learner(s: Settings, name: str, steps: int) -> tuple[list[float], list[float]]:
+    """(plain-loop step times, Learner step times) of one model at s.batch: two copies of the same weights, timed in
+    s.learner_rounds alternating rounds of `steps` steps each, after s.warmup untimed steps of both."""
+    config = model_config(name, s.size, s.config_path)
+    charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    torch.manual_seed(0)
+    model = build_model(config)
+    twin = copy.deepcopy(model)
+    batch = make_batch(s.batch, charset, config.dataset_image_height, config.dataset_image_width, s.device)
+    plain_step = make_train_step(twin, config, batch, s.device, channels_last=s.channels_last)
+    if s.channels_last and s.device.type == 'cuda':
+        model.to(s.device, memory_format=torch.channels_last)
+    learn, callbacks, timer = bench_learner(config, model, batch, s.device)
+    plain_steps(plain_step, s.warmup, s.device)
+    learner_fit(learn, callbacks, timer, config.optimizer_lr, max(1, s.warmup))
+    plain: list[float] = []
+    fitted: list[float] = []
+    for round_ in range(max(1, s.learner_rounds)):
+        if round_ % 2 == 0:  # alternate which path goes first, so a drift in load hits both alike
+            fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
+            plain += plain_steps(plain_step, steps, s.device)
+        else:
+            plain += plain_steps(plain_step, steps, s.device)
+            fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
+    del learn, callbacks, timer, plain_step, model, twin
+    free_device_memory(s.device)
+    return plain, fitted
+
+
+def section_learner(s: Settings, report: Report) -> None:
+    """7. A whole training step through fastai's Learner (training's callbacks) against the plain PyTorch loop
+    (make_train_step) on a copy of the same model: the Learner's own overhead per step, and a same-work check."""
+    steps = max(2, s.steps)
+    quarter = s.size == 'quarter' and s.config_path is None
+    for tag, name, label in (('abinet', ABINET, 'ABINet-Vision'), ('conclr', CONCLR, 'ConCLR-Vision')):
+        plain, fitted = time_learner(s, name, steps)
+        plain_ms, learner_ms = 1e3 * statistics.median(plain), 1e3 * statistics.median(fitted)
+        how = f'median of {len(plain)} steps, {s.learner_rounds} alternating rounds; batch {s.batch}, amp_off'
+        report.add(f'learner.{tag}.plain_ms', f'learner: plain PyTorch loop {label} step', plain_ms, 'ms', note=how)
+        report.add(f'learner.{tag}.learner_ms', f'learner: fastai Learner {label} step', learner_ms, 'ms',
+                   note='learn.fit, in-memory loader; guard, lr schedule, iteration log, clipping'
+                        + (', ConAug' if tag == 'conclr' else ''))
+        report.add(f'learner.{tag}.overhead_pct', f'learner: fastai Learner overhead per {label} step',
+                   (learner_ms - plain_ms) / plain_ms * 100, '%',
+                   ('<=', LEARNER_OVERHEAD_TARGET) if quarter else None,
+                   note='(Learner - plain) / plain' + ('' if quarter else '; the 3 % target is for the quarter size'))
+        config = model_config(name, s.size, s.config_path)
+        charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+        check_batch = make_batch(min(s.batch, 8), charset, config.dataset_image_height, config.dataset_image_width,
+                                 s.device, seed=9)
+        agree = learner_agreement(config, check_batch, s.device)
+        report.add(f'learner.{tag}.loss_rel_diff', f'learner: {label} loss, Learner vs plain loop',
+                   agree.loss_rel_diff, 'frac', ('<=', LEARNER_LOSS_AGREEMENT),
+                   note=f'step {LEARNER_CHECK_STEPS} from the same weights, dropout off: '
+                        f'{agree.learner_losses[-1]:.6g} vs {agree.plain_losses[-1]:.6g}')
+        report.add(f'learner.{tag}.weight_max_diff', f'learner: {label} weights, Learner vs plain loop',
+                   agree.weight_max_diff, '', ('<=', LEARNER_WEIGHT_AGREEMENT),
+                   note=f'largest |difference| after {LEARNER_CHECK_STEPS} steps, batch {check_batch[0].shape[0]}')
+        free_device_memory(s.device)
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 
@@ -967,6 +1199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='steps of the per-precision final-loss comparison (default 10; 2 with --quick)')
     p.add_argument('--loss_batch', type=int, default=None,
                    help='batch of the final-loss comparison (default 64, at most --batch)')
+    p.add_argument('--learner_rounds', type=int, default=None,
+                   help='alternating rounds of the learner section, each --steps steps of both paths (default 3; '
+                        '1 with --quick)')
     p.add_argument('--no_malloc_tune', action='store_true',
                    help="keep glibc's default malloc (by default the benchmark tunes it as main.py does with "
                         'global.malloc_tune; --quick never tunes, as it runs inside the test process)')
@@ -1023,7 +1258,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         official_steps=1 if q else 2, infer_batches=(1, args.infer_batch or 64), infer_repeats=3 if q else 20,
         demo_copies=pick(args.demo_copies, 1, 16), quick=q, fit_batch=args.fit_batch,
         channels_last=args.channels_last, loss_steps=pick(args.loss_steps, 2, 10),
-        loss_batch=pick(args.loss_batch, 2, 64))
+        loss_batch=pick(args.loss_batch, 2, 64), learner_rounds=pick(args.learner_rounds, 1, 3))
 
 
 def run_sections(s: Settings, sections: set[str], report: Report) -> None:
@@ -1053,6 +1288,8 @@ def run_sections(s: Settings, sections: set[str], report: Report) -> None:
         section_infer(s, report)
     if 'demo' in sections:
         section_demo(s, report)
+    if 'learner' in sections:
+        section_learner(s, report)
 
 
 def run(argv: list[str] | None = None) -> Report:

@@ -1,0 +1,94 @@
+"""Benchmark harness, learner section: a training step through fastai's Learner against the plain PyTorch loop.
+
+No timing is asserted: the machine is shared and timings are noise here. What is checked is that the section
+reports its rows, and that the Learner and the plain loop do the same work (same weights after the same steps).
+"""
+
+import math
+
+import pytest
+import torch
+
+from tools import benchmark as B
+
+CPU = torch.device('cpu')
+
+
+def tiny_setup(name: str, batch: int = 2) -> tuple[B.Config, tuple[torch.Tensor, ...]]:
+    """The tiny config of `name` and a fixed training batch for it."""
+    config = B.model_config(name, 'tiny')
+    charset = B.CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
+    return config, B.make_batch(batch, charset, config.dataset_image_height, config.dataset_image_width, CPU, seed=9)
+
+
+def test_learner_section_reports_its_metrics():
+    report = B.run(['--quick', '--sections', 'learner'])
+    rows = {r.key: r for r in report.rows}
+    metrics = ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')
+    assert list(rows) == [f'learner.{tag}.{m}' for tag in ('abinet', 'conclr') for m in metrics]
+    assert set(rows) <= set(B.METRIC_KEYS)
+    for tag in ('abinet', 'conclr'):
+        plain, learner = rows[f'learner.{tag}.plain_ms'].value, rows[f'learner.{tag}.learner_ms'].value
+        overhead = rows[f'learner.{tag}.overhead_pct']
+        assert plain > 0 and learner > 0 and math.isfinite(plain) and math.isfinite(learner)
+        assert math.isfinite(overhead.value) and overhead.value > -100
+        assert overhead.value == pytest.approx((learner - plain) / plain * 100)
+        assert overhead.status == ''  # the 3 % target is for the quarter size, not the tiny model
+        assert rows[f'learner.{tag}.loss_rel_diff'].status == 'PASS'
+        assert rows[f'learner.{tag}.weight_max_diff'].status == 'PASS'
+
+
+def test_quarter_size_overhead_row_carries_the_target(monkeypatch):
+    monkeypatch.setattr(B, 'time_learner', lambda s, name, steps: ([0.100, 0.100], [0.102, 0.104]))
+    monkeypatch.setattr(B, 'learner_agreement', lambda *a, **k: B.LearnerAgreement([1.0, 0.9], [1.0, 0.9], 0.0, 1e-4))
+    report = B.run(['--quick', '--size', 'quarter', '--sections', 'learner'])
+    rows = {r.key: r for r in report.rows}
+    assert rows['learner.abinet.overhead_pct'].value == pytest.approx(3.0)
+    assert rows['learner.abinet.overhead_pct'].target == '<= 3'
+    assert rows['learner.abinet.overhead_pct'].status == 'PASS'
+
+
+def test_fixed_batch_loader_yields_the_same_batch_every_step():
+    images, labels, lengths = tiny_setup(B.ABINET, batch=3)[1]
+    loader = torch.utils.data.DataLoader(B.FixedBatchSet((images, labels, lengths), repeats=4), batch_size=3)
+    batches = list(loader)
+    assert len(batches) == 4
+    for x, (y, n) in batches:
+        assert torch.equal(x, images) and torch.equal(y, labels) and torch.equal(n, lengths)
+
+
+@pytest.mark.parametrize('name', [B.ABINET, B.CONCLR])
+def test_learner_and_plain_loop_do_the_same_work(name):
+    config, batch = tiny_setup(name)
+    agree = B.learner_agreement(config, batch, CPU, steps=2)
+    assert len(agree.plain_losses) == len(agree.learner_losses) == 2
+    assert agree.weight_change > 1e-6  # both steps trained
+    assert agree.weight_max_diff <= 1e-5
+    assert agree.learner_losses == pytest.approx(agree.plain_losses, rel=1e-6)
+
+
+def test_agreement_check_detects_different_work(monkeypatch):
+    make_train_step = B.make_train_step
+
+    def tenfold_lr(model, config, *args, **kwargs):  # the plain loop's optimiser at 10 x the Learner's lr
+        lr = config.optimizer_lr
+        config.optimizer_lr = 10 * lr
+        try:
+            return make_train_step(model, config, *args, **kwargs)
+        finally:
+            config.optimizer_lr = lr
+
+    monkeypatch.setattr(B, 'make_train_step', tenfold_lr)
+    config, batch = tiny_setup(B.ABINET)
+    agree = B.learner_agreement(config, batch, CPU, steps=2)
+    assert agree.weight_max_diff > 1e-5
+    assert agree.loss_rel_diff > 0
+
+
+def test_dropout_is_disabled_everywhere():
+    config = B.model_config(B.CONCLR, 'tiny')
+    model = B.disable_dropout(B.build_model(config))
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    attentions = [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert dropouts and attentions
+    assert all(m.p == 0 for m in dropouts) and all(m.dropout == 0 for m in attentions)
