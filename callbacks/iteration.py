@@ -106,7 +106,8 @@ class IterationCallback(LearnerCallback):
                  eval_iters: int = 3000, save_iters: int = 3000, start_iter: int = 0, max_iters: int | None = None,
                  best_cwr: float = -1.0, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
                  world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
-                 saved: list[Path] | None = None, stop: StopSignal | None = None):
+                 saved: list[Path] | None = None, stop: StopSignal | None = None,
+                 records: dict[str, list[dict[str, float]]] | None = None):
         super().__init__(learn)
         self.name, self.workdir, self.logger = name, Path(workdir), logger
         self.evaluate, self.writer = evaluate, writer
@@ -120,10 +121,11 @@ class IterationCallback(LearnerCallback):
         self.epoch = start_epoch
         self.batch_in_epoch = start_batch
         self.saved: list[Path] = list(saved or [])
-        self.history: list[dict[str, float]] = []  # every evaluation, for callers and tests
-        self.train_history: list[dict[str, float]] = []  # mean losses of every `show_iters` window
+        records = records or {}  # a resumed run's records up to its checkpoint: they then cover the whole run
+        self.history: list[dict[str, float]] = list(records.get('history', []))  # every evaluation
+        self.train_history: list[dict[str, float]] = list(records.get('train_history', []))  # mean losses per window
         # every `show_iters` window: steps, seconds (training only: no evaluation or saving), data/compute split, speed
-        self.timings: list[dict[str, float]] = []
+        self.timings: list[dict[str, float]] = list(records.get('timings', []))
 
     def on_train_begin(self, **kwargs: Any) -> dict:
         self._window = LossWindow(self._device())
@@ -248,11 +250,17 @@ class IterationCallback(LearnerCallback):
             self.logger.info(f'best cwr {self.best_cwr:.4f} at iter {self.iteration}, saved {path}')
         self._window_start += time.perf_counter() - start  # evaluation time is not part of the window
 
+    def records(self) -> dict[str, list[dict[str, float]]]:
+        """Evaluations, loss windows and timings so far (saved in every checkpoint, restored on resuming)."""
+        return {'history': [dict(h) for h in self.history], 'train_history': [dict(h) for h in self.train_history],
+                'timings': [dict(t) for t in self.timings]}
+
     def _save(self, path: Path) -> Path:
         extra = self.extra_state() if self.extra_state is not None else {}  # on every rank: may gather
         if self.is_main:
             save_checkpoint(path, self.learn.model, self.learn.opt, iteration=self.iteration, epoch=self.epoch,
-                            batch_in_epoch=self.batch_in_epoch, best_cwr=self.best_cwr, lr=self._lr(), **extra)
+                            batch_in_epoch=self.batch_in_epoch, best_cwr=self.best_cwr, lr=self._lr(),
+                            records=self.records(), **extra)
         return path
 
     def _save_periodic(self) -> None:

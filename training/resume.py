@@ -84,6 +84,10 @@ class Resume:
         """The best cwr so far (-1 for a fresh run)."""
         return float(self.state.get('best_cwr', -1.0)) if self.state is not None else -1.0
 
+    def records(self) -> dict[str, Any] | None:
+        """The checkpoint's evaluations, loss windows and timings (None for a fresh run or an older checkpoint)."""
+        return self.state.get('records') if self.state is not None else None
+
     def saved(self, config: Config) -> list[Path] | None:
         """The run's periodic checkpoints already on disk, for the keep-last-five rule (None for a fresh run)."""
         return periodic_checkpoints(config.workdir, config.global_name) if self.state is not None else None

@@ -196,7 +196,8 @@ def make_iteration_callback(config: Config, env: DistEnv, *, learn: Learner, loa
         show_iters=config.training_show_iters, eval_iters=config.training_eval_iters,
         save_iters=config.training_save_iters, start_iter=point.iteration, max_iters=config.training_max_iters,
         best_cwr=resume.best_cwr, start_epoch=point.epoch, start_batch=point.skip_batches, is_main=env.is_main,
-        world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop)
+        world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop,
+        records=resume.records())
 
 
 def training_callbacks(config: Config, env: DistEnv, *, learn: Learner, loaders: Loaders, data: TrainData,

@@ -116,3 +116,27 @@ def test_killed_run_resumes_where_its_last_checkpoint_left_off(tmp_path):
     for key, value in uninterrupted['model'].items():  # data order, optimiser, lr and random state all continued
         assert torch.equal(resumed['model'][key], value), key
     assert resumed['lr'] == uninterrupted['lr'] == pytest.approx(1e-4)
+
+
+def test_a_resumed_run_keeps_the_timings_and_evaluations_of_its_first_part(tmp_path):
+    """The records saved in a checkpoint (evaluations, loss windows, timed windows) carry over, so a run resumed
+    once reports the same windows and evaluations as one run straight through."""
+    train_root = render_lmdb(tmp_path / 'train', 80, seed=1)
+    test_root = render_lmdb(tmp_path / 'test', 8, seed=2)
+    path = tiny_config(tmp_path, train_root, [test_root], max_iters=4, show_iters=2, eval_iters=4, save_iters=4)
+    config = Config(path)
+    first = main.train(config, torch.device('cpu'))
+    assert load_checkpoint(config.workdir / 'run_0_4.pth')['records']['timings'] == first.timings
+    config = Config(path)
+    config.training_max_iters = 8
+    config.training_resume = str(config.workdir)
+    resumed = main.train(config, torch.device('cpu'))
+    straight = Config(path)
+    straight.training_max_iters, straight.global_name = 8, 'straight'
+    reference = main.train(straight, torch.device('cpu'))
+    for run in (resumed, reference):
+        assert [(t['iteration'], t['steps']) for t in run.timings] == [(2, 2), (4, 2), (6, 2), (8, 2)]
+        assert [h['iteration'] for h in run.history] == [4, 8]
+        assert [h['iteration'] for h in run.train_history] == [2, 4, 6, 8]
+    assert resumed.timings[:2] == first.timings and resumed.history[0] == first.history[0]
+    assert [h['cwr'] for h in resumed.history] == [h['cwr'] for h in reference.history]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
+from support.checkpoint import load_checkpoint, periodic_checkpoints
 from tools.ood.data import lexicon_split
 from tools.ood.preset import ExperimentError, preset_value, set_nested
 from training import testing, train
@@ -131,11 +132,14 @@ def _drop_checkpoints(saved: Sequence[Path], final: Path, workdir: Path) -> None
         path.unlink(missing_ok=True)
 
 
-def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device
-                       ) -> dict[str, Any]:
-    """Train one run, evaluate its periodic checkpoints on the curve subsets and its final one on every set."""
+def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device,
+                       resume: Path | None = None) -> dict[str, Any]:
+    """Train one run (from `resume`, a periodic checkpoint of it, when given), evaluate its periodic checkpoints on
+    the curve subsets and its final one on every set."""
     config_path = write_run_config(spec, place, experiment['curve_points'], experiment['decay_at'])
     config = Config(config_path)
+    if resume is not None:
+        config.training_resume = str(resume)
     start = time.perf_counter()
     callback = train.train(config, device)
     wall = time.perf_counter() - start
@@ -181,14 +185,21 @@ def finished_run(output: Path, spec: RunSpec) -> dict[str, Any] | None:
 
 def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device,
                 say: Callable[[str], None]) -> dict[str, Any]:
-    """A finished run's cached results, or train and evaluate it (a half-done run folder starts over)."""
+    """A finished run's cached results, or train and evaluate it: a half-done run continues from its newest
+    periodic checkpoint (whose records hold the timings and evaluations so far); one without such a checkpoint starts
+    over."""
     record = finished_run(place.output, spec)
     if record is not None:
         return record
     workdir = place.output / 'runs' / spec.run_id
-    shutil.rmtree(workdir, ignore_errors=True)
-    say(f'training {spec.run_id} for {spec.steps} steps')
-    record = train_and_evaluate(spec, place, experiment, device)
+    saved = periodic_checkpoints(workdir, spec.run_id)
+    if saved and load_checkpoint(saved[-1]).get('records') is not None:  # older checkpoints lack the timings
+        say(f'resuming {spec.run_id} from {saved[-1].name} ({spec.steps} steps in all)')
+        record = train_and_evaluate(spec, place, experiment, device, resume=saved[-1])
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        say(f'training {spec.run_id} for {spec.steps} steps')
+        record = train_and_evaluate(spec, place, experiment, device)
     workdir.mkdir(parents=True, exist_ok=True)
     partial = workdir / (RUN_FILE + '.part')
     partial.write_text(json.dumps(record, indent=1, allow_nan=True), encoding='utf-8')

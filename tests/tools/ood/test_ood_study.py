@@ -10,8 +10,10 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 import yaml
 
+from support.checkpoint import save_checkpoint
 from tools.ood import cli, runs
 from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
 from training import train
@@ -233,7 +235,7 @@ def fake_preset(tmp_path):
 def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset, tmp_path, monkeypatch):
     trained = []
 
-    def fake(spec, *args):
+    def fake(spec, *args, **kwargs):
         trained.append(spec.run_id)
         return _fake_record(spec, *args)
 
@@ -245,7 +247,7 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset,
     trained.clear()
     calls = {'n': 0}
 
-    def stopped_after_three(spec, *args):
+    def stopped_after_three(spec, *args, **kwargs):
         if calls['n'] == 3:
             raise KeyboardInterrupt
         calls['n'] += 1
@@ -266,3 +268,38 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset,
     trained.clear()
     assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
     assert trained == [whole[-1]]
+
+
+def test_a_run_cut_off_midway_continues_from_its_newest_checkpoint_with_records(fake_preset, tmp_path, monkeypatch):
+    output = tmp_path / 'out'
+    order = []
+
+    def interrupted(spec, *args, **kwargs):
+        order.append(spec.run_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(['--preset', str(fake_preset), '--output', str(output)])
+    first = order[0]
+    workdir = output / 'runs' / first
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(workdir / f'{first}_0_4.pth', model, iteration=4, records={'timings': [], 'history': []})
+    save_checkpoint(workdir / f'{first}_0_8.pth', model, iteration=8, records={'timings': [], 'history': []})
+    calls = []
+
+    def recording(spec, *args, resume=None):
+        calls.append((spec.run_id, resume))
+        return _fake_record(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', recording)
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert calls[0] == (first, workdir / f'{first}_0_8.pth')  # the newest checkpoint
+    assert all(resume is None for _, resume in calls[1:])
+
+    # A checkpoint without records (written before they existed) cannot give the whole run's timings: start over.
+    shutil.rmtree(workdir)
+    save_checkpoint(workdir / f'{first}_0_4.pth', model, iteration=4)
+    calls.clear()
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert calls == [(first, None)] and not (workdir / f'{first}_0_4.pth').exists()
