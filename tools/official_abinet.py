@@ -71,10 +71,10 @@ def official_step(model: nn.Module, loss_fn: nn.Module, batch: tuple[torch.Tenso
                   clip: float = 20.0) -> Callable[[], torch.Tensor]:
     """Official ABINet's training step on one fixed batch (what its fastai Learner runs per iteration)."""
     images, labels, lengths = batch
-    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def step() -> torch.Tensor:
+        model.train()  # here, not when built: closures over one model may be timed in any order
         loss = loss_fn(model(images), labels, lengths)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -86,9 +86,8 @@ def official_step(model: nn.Module, loss_fn: nn.Module, batch: tuple[torch.Tenso
 
 def forward_only(model: nn.Module, images: torch.Tensor) -> Callable[[], Any]:
     """Inference as evaluation runs it: eval mode, no autograd."""
-    model.eval()
-
     def run() -> Any:
+        model.eval()
         with torch.no_grad():
             return model(images)
     return run
