@@ -138,6 +138,7 @@ class IterationCallback(LearnerCallback):
         self._window.clear()
         self._data_time = self._compute_time = 0.0
         self._window_start = self._last_end = time.perf_counter()
+        self._window_cpu = time.process_time()
 
     def on_epoch_begin(self, epoch: int, **kwargs: Any) -> None:
         self.epoch = self.start_epoch + epoch
@@ -213,8 +214,10 @@ class IterationCallback(LearnerCallback):
         speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''
+        # CPU seconds of this process's threads: well under threads x seconds when other jobs shared the CPU
+        cpu = time.process_time() - self._window_cpu
         self.timings.append({'iteration': self.iteration, 'steps': len(self._window), 'seconds': elapsed,
-                             'data_seconds': self._data_time,
+                             'cpu_seconds': cpu, 'data_seconds': self._data_time,
                              'compute_seconds': self._compute_time, 'images_per_second': speed})
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
                          + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '
@@ -229,7 +232,7 @@ class IterationCallback(LearnerCallback):
         self._reset_window()
 
     def _evaluate(self) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = self.evaluate(self.iteration)
         self.learn.model.train()
         if result is None:
@@ -249,6 +252,7 @@ class IterationCallback(LearnerCallback):
             path = self._save(self.workdir / f'best-{self.name}.pth')
             self.logger.info(f'best cwr {self.best_cwr:.4f} at iter {self.iteration}, saved {path}')
         self._window_start += time.perf_counter() - start  # evaluation time is not part of the window
+        self._window_cpu += time.process_time() - cpu
 
     def records(self) -> dict[str, list[dict[str, float]]]:
         """Evaluations, loss windows and timings so far (saved in every checkpoint, restored on resuming)."""
@@ -264,7 +268,7 @@ class IterationCallback(LearnerCallback):
         return path
 
     def _save_periodic(self) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         path = self._save(self.workdir / f'{self.name}_{self.epoch}_{self.iteration}.pth')
         if path not in self.saved:
             self.saved.append(path)
@@ -274,3 +278,4 @@ class IterationCallback(LearnerCallback):
             if self.is_main:
                 old.unlink(missing_ok=True)
         self._window_start += time.perf_counter() - start
+        self._window_cpu += time.process_time() - cpu

@@ -7,6 +7,7 @@ import support.fastai_compat  # noqa: F401
 import json
 import math
 import re
+import time
 from functools import partial
 from pathlib import Path
 
@@ -142,8 +143,8 @@ def test_window_with_only_skipped_steps_on_one_rank_does_not_hang(tmp_path):
 CWRS = [0.2, 0.5, 0.4, 0.5, 0.7, 0.1, 0.3, 0.9, 0.6, 0.8, 0.85, 0.2]  # the fake evaluation's cwr, one per evaluation
 
 
-def _single_run(tmp_path: Path, *, steps: int, eval_iters: int, save_iters: int, cwrs: list[float] | None = None
-                ) -> tuple[IterationCallback, list[int]]:
+def _single_run(tmp_path: Path, *, steps: int, eval_iters: int, save_iters: int, cwrs: list[float] | None = None,
+                eval_cpu_seconds: float = 0.0) -> tuple[IterationCallback, list[int]]:
     """A one-process run of `steps` iterations with a fake evaluation that returns the next of `cwrs`; the
     iterations at which it was called are returned too."""
     g = torch.Generator().manual_seed(3)
@@ -156,6 +157,9 @@ def _single_run(tmp_path: Path, *, steps: int, eval_iters: int, save_iters: int,
 
     def fake_evaluate(iteration: int) -> dict[str, float]:
         called.append(iteration)
+        start = time.process_time()
+        while time.process_time() - start < eval_cpu_seconds:  # an evaluation's own CPU work
+            pass
         return {'loss': 0.0, 'cwr': (cwrs or [0.0])[(len(called) - 1) % len(cwrs or [0.0])]}
 
     logger = setup_rank_logger(tmp_path, 'train', DistEnv(), name=f'test_iteration_{tmp_path.name}')
@@ -179,8 +183,18 @@ def test_best_checkpoint_follows_the_highest_cwr(tmp_path):
     assert [h['cwr'] for h in callback.history] == CWRS
     # one timing row per logging window (here only the final partial one); no timing value is asserted
     assert [t['iteration'] for t in callback.timings] == [h['iteration'] for h in callback.train_history] == [24]
-    assert set(callback.timings[0]) == {'iteration', 'steps', 'seconds', 'data_seconds', 'compute_seconds',
-                                        'images_per_second'}
+    assert set(callback.timings[0]) == {'iteration', 'steps', 'seconds', 'cpu_seconds', 'data_seconds',
+                                        'compute_seconds', 'images_per_second'}
+
+
+def test_a_window_counts_the_cpu_time_of_training_but_not_of_evaluation(tmp_path):
+    """cpu_seconds (what tools/ood reports as cores busy) leaves the evaluations' CPU work out, as seconds does."""
+    start = time.process_time()
+    callback, called = _single_run(tmp_path, steps=6, eval_iters=2, save_iters=1000, eval_cpu_seconds=0.2)
+    spent = time.process_time() - start
+    assert len(called) == 3 and spent >= 0.6
+    [window] = callback.timings
+    assert 0 < window['cpu_seconds'] < spent - 0.55
 
 
 def test_periodic_checkpoints_keep_the_last_five(tmp_path):

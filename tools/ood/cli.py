@@ -3,7 +3,8 @@
     python -m tools.ood --preset configs/experiment_cpu.yaml --output log/ood_cpu
 
 Run it again with the same preset and output to continue an interrupted study: finished runs are not trained
-again. A folder made by another preset is refused.
+again. A folder made by another preset is refused. `--hours` bounds one invocation (a time-limited job): runs that
+would not end in time are left for the next.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'same-steps runs), for a short check; part of the preset the folder belongs to')
     parser.add_argument('--no_benchmarks', action='store_true', help='skip the real benchmark LMDBs')
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
+    parser.add_argument('--hours', type=float, default=None, help='time limit: start only the runs expected to end '
+                        'within this many hours (estimated from finished runs of the same arm or model; a run with '
+                        'no such estimate is started); the others wait for the next invocation (time-limited jobs)')
     return parser.parse_args(argv)
 
 
@@ -44,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.no_benchmarks:
             preset.experiment['benchmarks'] = False
         device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
-        run_study(preset, Path(args.output).resolve(), device)
+        if args.hours is not None and args.hours <= 0:
+            raise ExperimentError(f'--hours must be positive, got {args.hours}')
+        run_study(preset, Path(args.output).resolve(), device, args.hours)
     except (ExperimentError, ConfigError, DatasetError, CheckpointError, FileNotFoundError, yaml.YAMLError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

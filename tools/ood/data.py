@@ -11,6 +11,7 @@ All OOV vocabularies have V's length histogram.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -128,14 +129,34 @@ def copy_prefix(src: Path, dst: Path, count: int) -> int:
     return write_lmdb(dst, samples, check_images=False)
 
 
+def lmdb_digest(root: Path) -> str:
+    """sha256 over an ABINet-layout LMDB's samples (label and image bytes, in index order): equal digests mean
+    equal data, whichever machine rendered it."""
+    digest = hashlib.sha256()
+    env = open_lmdb(root)
+    with env.begin() as txn:
+        count = int(txn.get(b'num-samples'))
+        for index in range(1, count + 1):
+            for kind in (b'label', b'image'):
+                value = bytes(txn.get(b'%s-%09d' % (kind, index)))
+                digest.update(len(value).to_bytes(8, 'little'))
+                digest.update(value)
+    close_lmdb(root)
+    return digest.hexdigest()
+
+
 def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """Vocabularies and LMDBs of one |V| under `folder` (reused when its manifest has the same settings):
-    train, the SYNTHETIC_SETS and their `<set>_curve` prefixes. Returns the manifest (paths relative to `folder`)."""
+    train, the SYNTHETIC_SETS and their `<set>_curve` prefixes. Returns the manifest (paths relative to `folder`);
+    its `digest` (of the training LMDB) tells runs rendered on different machines apart."""
     manifest_path = folder / 'manifest.json'
     wanted = {'vocab_size': vocab_size, **{k: e[k] for k in DATA_KEYS}}
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get('settings') == wanted:
+            if 'digest' not in manifest:  # rendered before digests were kept
+                manifest['digest'] = lmdb_digest(folder / 'train')
+                manifest_path.write_text(json.dumps(manifest, indent=1))
             return manifest
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -157,7 +178,8 @@ def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[
         copy_prefix(folder / name, folder / f'{name}_curve', e['curve_images'])
         sets[f'{name}_curve'] = {'path': f'{name}_curve', 'images': e['curve_images'],
                                  'vocabulary': sets[name]['vocabulary']}
-    manifest = {'settings': wanted, 'sets': sets, 'fonts': len(fonts), 'seconds': time.perf_counter() - start,
+    manifest = {'settings': wanted, 'sets': sets, 'fonts': len(fonts), 'digest': lmdb_digest(folder / 'train'),
+                'seconds': time.perf_counter() - start,
                 'alphabet': ''.join(sorted(set(''.join(vocabs['train'])))),
                 'length_histogram': {name: dict(sorted(Counter(map(len, words)).items()))
                                      for name, words in vocabs.items()}}

@@ -198,16 +198,40 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return lines
 
 
+def mixed_data(runs: dict[str, dict[str, Any]]) -> list[int]:
+    """The |V| whose runs recorded more than one training-data digest (renders that differ between machines)."""
+    seen: dict[int, set[str]] = {}
+    for r in runs.values():
+        if r.get('data_digest'):
+            seen.setdefault(r['spec']['vocab_size'], set()).add(r['data_digest'])
+    return sorted(size for size, digests in seen.items() if len(digests) > 1)
+
+
+def _busy(record: dict[str, Any]) -> str:
+    busy = record.get('cores_busy')
+    return 'not recorded' if busy is None else f'{busy:.2f} of {record["torch_threads"]}'
+
+
 def _runs_table(result: dict[str, Any]) -> list[str]:
     lines = ['## Runs', '', '| run | parameters | steps | training s | s/step | img/s | evaluation s | '
-             'main.train wall s |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+             'main.train wall s | CPU cores busy | training data |', '|---|' + '---:|' * 8 + '---|']
     for run_id, r in result['runs'].items():
         lines.append(f'| {run_id} | {r["parameters"]:,} | {r["steps"]} | {r["train_seconds"]:.1f} | '
                      f'{r["seconds_per_step"]:.3f} | {r["images_per_second"]:.1f} | {r["test_seconds"]:.1f} | '
-                     f'{r["wall_seconds"]:.1f} |')
-    return lines + ['', 'Training seconds are the sums of the training callback\'s timed windows (no evaluation, '
-                    'checkpoint saving or set-up); img/s counts original images (a ConCLR step also trains on two '
-                    'ConAug views of its batch); evaluation s = the main.test runs behind the curves and tables.']
+                     f'{r["wall_seconds"]:.1f} | {_busy(r)} | '
+                     f'{(r.get("data_digest") or "not recorded")[:12]} |')
+    mixed = mixed_data(result['runs'])
+    lines += ['', 'Training seconds are the sums of the training callback\'s timed windows (no evaluation, '
+              'checkpoint saving or set-up); img/s counts original images (a ConCLR step also trains on two '
+              'ConAug views of its batch); evaluation s = the main.test runs behind the curves and tables. '
+              'CPU cores busy = the training process\'s CPU seconds per second of its timed windows, of its '
+              'torch threads: well below the thread count means other jobs shared the CPU and its seconds are '
+              'inflated. Training data = sha256 of the training renders (label and image bytes), so runs made on '
+              'different machines can be checked to have seen the same images.']
+    if mixed:
+        lines += ['', f'**Warning: the runs of |V| = {", ".join(map(str, mixed))} trained on different renders** '
+                  '(the machines rendering them had different fonts?): their comparison is confounded.']
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from support.checkpoint import load_checkpoint, periodic_checkpoints
+from support.checkpoint import PERIODIC, load_checkpoint, periodic_checkpoints
 from tools.ood.data import lexicon_split
 from tools.ood.preset import ExperimentError, preset_value, set_nested
 from training import testing, train
@@ -63,6 +63,7 @@ class RunPlace:
     benchmarks: tuple[str, ...]  # names among final_roots split by the lexicon
     lexicon: frozenset[str]
     iters_per_epoch: int
+    data_digest: str | None = None  # of the training LMDB (tools/ood/data.lmdb_digest)
 
 
 def save_period(steps: int, points: int, show_iters: int) -> int:
@@ -84,6 +85,13 @@ def equal_wall_steps(steps: int, reference_seconds: float, baseline_seconds: flo
 def training_seconds(timings: Sequence[dict[str, float]]) -> tuple[float, int]:
     """(seconds, steps) summed over IterationCallback.timings windows: training without evaluation or saving."""
     return sum(t['seconds'] for t in timings), sum(int(t['steps']) for t in timings)
+
+
+def cores_busy(timings: Sequence[dict[str, float]]) -> float | None:
+    """The training process's CPU seconds per second over the windows that recorded them (None if none did): near
+    the torch thread count when the run had the CPU to itself, lower when other jobs shared it."""
+    timed = [t for t in timings if 'cpu_seconds' in t]
+    return sum(t['cpu_seconds'] for t in timed) / sum(t['seconds'] for t in timed) if timed else None
 
 
 def write_run_config(spec: RunSpec, place: RunPlace, curve_points: int, decay_at: float | None) -> Path:
@@ -165,13 +173,41 @@ def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any
     parameters = sum(p.numel() for p in build_model(config).parameters())
     relative = place.output.resolve()
     return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': parameters,
+            'data_digest': place.data_digest,
             'config': os.path.relpath(config_path.resolve(), relative),
             'workdir': os.path.relpath(config.workdir.resolve(), relative),
             'checkpoint': os.path.relpath(saved[-1].resolve(), relative),
             'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': wall,
+            'cores_busy': cores_busy(callback.timings), 'torch_threads': torch.get_num_threads(),
             'images_per_second': config.dataset_train_batch_size * spec.steps / max(seconds, 1e-9),
             'test_seconds': time.perf_counter() - start, 'final': final, 'lexicon': lexicon, 'curve': curve,
             'history': [dict(h) for h in callback.history], 'timings': [dict(t) for t in callback.timings]}
+
+
+def finished_runs(output: Path) -> list[dict[str, Any]]:
+    """The records of every finished run in `output`."""
+    return [json.loads(p.read_text(encoding='utf-8')) for p in sorted((output / 'runs').glob(f'*/{RUN_FILE}'))]
+
+
+def steps_done(output: Path, spec: RunSpec) -> int:
+    """The iteration of a cut-off run's newest periodic checkpoint (where it would resume), else 0."""
+    saved = periodic_checkpoints(output / 'runs' / spec.run_id, spec.run_id)
+    return int(PERIODIC.match(saved[-1].name)['iteration']) if saved else 0
+
+
+def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: int = 0) -> float | None:
+    """Seconds `spec` should take to train its steps after `done` and be evaluated, going by the slowest finished
+    run of the same arm (else of the same model class): its main.train seconds per step, plus its evaluation
+    seconds. None when no such run has finished."""
+    def model(tree: dict) -> Any:
+        return tree.get('model', {}).get('name')
+
+    pool = ([r for r in finished if r['spec']['arm'] == spec.arm]
+            or [r for r in finished if model(r['spec']['tree']) == model(spec.tree)])
+    if not pool:
+        return None
+    per_step = max(r['wall_seconds'] / r['steps'] for r in pool)
+    return per_step * max(spec.steps - done, 0) + max(r['test_seconds'] for r in pool)
 
 
 def finished_run(output: Path, spec: RunSpec) -> dict[str, Any] | None:
@@ -200,6 +236,7 @@ def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], devi
         shutil.rmtree(workdir, ignore_errors=True)
         say(f'training {spec.run_id} for {spec.steps} steps')
         record = train_and_evaluate(spec, place, experiment, device)
+    record['finished'] = time.strftime('%Y-%m-%d %H:%M')
     workdir.mkdir(parents=True, exist_ok=True)
     partial = workdir / (RUN_FILE + '.part')
     partial.write_text(json.dumps(record, indent=1, allow_nan=True), encoding='utf-8')

@@ -121,9 +121,11 @@ class Study:
     """The runs of one preset in one output folder, trained (or loaded from the cache) in a fixed order."""
 
     def __init__(self, preset: Preset, output: Path, device: torch.device, say: Callable[[str], None],
-                 benchmarks: list[Path], batch: int):
+                 benchmarks: list[Path], batch: int, deadline: float | None = None):
         self.preset, self.e, self.output, self.device, self.say = preset, preset.experiment, output, device, say
         self.benchmarks, self.batch = benchmarks, batch
+        self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
+        self.deferred: list[str] = []
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
@@ -135,20 +137,36 @@ class Study:
         """The data of |V| = size (rendered on first use) and the sets its runs are evaluated on."""
         if size not in self.places:
             folder = self.output / 'data' / f'v{size}'
-            build_data(self.e, size, folder, self.say)
+            manifest = build_data(self.e, size, folder, self.say)
             if self.e['train_images'] < self.batch:
                 raise ExperimentError(f'{self.e["train_images"]} training images are fewer than one batch')
             self.places[size] = runs.RunPlace(
                 self.output, folder / 'train', tuple(folder / f'{n}_curve' for n in SYNTHETIC_SETS),
                 tuple(folder / n for n in SYNTHETIC_SETS) + tuple(self.benchmarks),
                 tuple(b.name for b in self.benchmarks), frozenset(read_vocabulary(folder)),
-                self.e['train_images'] // self.batch)
+                self.e['train_images'] // self.batch, manifest['digest'])
         return self.places[size]
 
-    def run(self, spec: runs.RunSpec) -> dict[str, Any]:
-        """A finished run's cached record, or train it; the report is rewritten after every run."""
+    def fits(self, spec: runs.RunSpec) -> bool:
+        """Whether `spec` should end before the deadline (always, without one or without an estimate)."""
+        if self.deadline is None:
+            return True
+        estimate = runs.estimate_seconds(spec, runs.finished_runs(self.output), runs.steps_done(self.output, spec))
+        left = self.deadline - time.monotonic()
+        if estimate is None or estimate <= left:
+            return True
+        self.say(f'{spec.run_id} waits for the next invocation: it needs about {estimate / 60:.0f} min, '
+                 f'{max(left, 0) / 60:.0f} min of the time limit are left')
+        return False
+
+    def run(self, spec: runs.RunSpec) -> dict[str, Any] | None:
+        """A finished run's cached record, or train it; None when it would not end before the deadline. The report
+        is rewritten after every run."""
         record = runs.finished_run(self.output, spec)
         if record is None:
+            if not self.fits(spec):
+                self.deferred.append(spec.run_id)
+                return None
             record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
             self.records[spec.run_id] = record
             self.write()
@@ -164,12 +182,14 @@ class Study:
         baseline = self.e['baseline']
         for size in self.e['sweep_vocab_sizes']:
             records = {seed: self.run(self.spec(baseline, seed, size)) for seed in self.e['sweep_seeds']}
+            if None in records.values():
+                continue
             self.sweep_rows[size] = {
                 'seeds': len(records), 'renders_per_word': self.e['train_images'] / size,
                 **{key: report.stat(records, value) for key, value in (
                     ('iv', lambda r: r['final']['iv']['cwr']), ('oov_words', lambda r: r['final']['oov_words']['cwr']),
                     ('gap', lambda r: report.gap_value(r, 'oov_words', 'cwr')))}}
-        if self.vocab_size is None:
+        if self.vocab_size is None and len(self.sweep_rows) == len(self.e['sweep_vocab_sizes']):
             self.vocab_size, self.why = choose_vocab_size(self.sweep_rows, self.e['min_gap'], self.e['min_iv'])
             self.say(f'|V| = {self.vocab_size}: {self.why}')
 
@@ -182,8 +202,11 @@ class Study:
         return self.e['wall_clock_seeds'] if self.e['wall_clock_seeds'] is not None else both
 
     def ablation(self) -> None:
-        """Every arm over its seeds at the chosen |V|, seed by seed; each seed's equal-wall-clock run after it."""
+        """Every arm over its seeds at the chosen |V|, seed by seed; each seed's equal-wall-clock run after it.
+        Runs that would not end before the deadline are passed over for later ones that would."""
         size, baseline, reference = self.vocab_size, self.e['baseline'], self.e['reference']
+        if size is None:  # the sweep is not finished
+            return
         for seed in sorted({s for arm in self.preset.arms.values() for s in arm.seeds}):
             for arm in self.preset.arms.values():
                 if seed in arm.seeds:
@@ -191,6 +214,8 @@ class Study:
             if seed in self.wall_seeds():
                 base = self.run(self.spec(baseline, seed, size))
                 ref = self.run(self.spec(reference, seed, size))
+                if base is None or ref is None:
+                    continue
                 steps = runs.equal_wall_steps(self.preset.steps, ref['train_seconds'], base['train_seconds'])
                 self.run(self.spec(baseline, seed, size, steps, 'wall'))
 
@@ -284,8 +309,10 @@ class Study:
         self.say(f't-SNE pair in {time.perf_counter() - start:.1f} s')
 
 
-def run_study(preset: Preset, output: Path, device: torch.device) -> dict[str, Any]:
-    """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json."""
+def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None) -> dict[str, Any]:
+    """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json.
+    With `hours`, only runs expected to end within that time are started; the others wait for the next call."""
+    deadline = time.monotonic() + 3600 * hours if hours is not None else None
     if preset.experiment['torch_threads']:
         torch.set_num_threads(preset.experiment['torch_threads'])
     batch = check_arms(preset, device)
@@ -295,10 +322,11 @@ def run_study(preset: Preset, output: Path, device: torch.device) -> dict[str, A
     benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []
     say(f'{"resuming" if resumed else "starting"} the study of {preset.path} in {output} on {device}'
         + ('' if benchmarks or not preset.experiment['benchmarks'] else f'; no benchmark LMDBs in {bench_dir}'))
-    study = Study(preset, output, device, say, benchmarks, batch)
+    study = Study(preset, output, device, say, benchmarks, batch, deadline)
     study.sweep()
     study.ablation()
     study.draw_tsne()
     result = study.write()
-    say(f'wrote {output / "results.md"} and {output / "results.json"}')
+    say(f'wrote {output / "results.md"} and {output / "results.json"}' + (
+        f'; {len(result["missing"])} run(s) left for the next invocation' if result['missing'] else ''))
     return result

@@ -85,3 +85,49 @@ def test_equal_wall_clock_steps_and_save_period():
     assert runs.save_period(83, 3, 10) == 30  # checkpoints at 30, 60 and the final 83
     assert runs.save_period(1100, 5, 50) == 250  # 250, 500, 750, 1000, 1100
     assert runs.training_seconds([{'seconds': 1.5, 'steps': 10}, {'seconds': 0.5, 'steps': 3}]) == (2.0, 13)
+
+
+def _spec(arm, steps=100, model='m.A', seed=0):
+    return runs.RunSpec(arm, seed, steps, 12, {'model': {'name': model}})
+
+
+def _finished(arm, steps, wall, test, model='m.A'):
+    return {'spec': _spec(arm, steps, model).as_dict(), 'steps': steps, 'wall_seconds': wall, 'test_seconds': test}
+
+
+def test_a_run_is_estimated_from_the_slowest_run_of_its_arm_else_of_its_model():
+    finished = [_finished('a', 100, 50.0, 7.0), _finished('a', 200, 60.0, 9.0), _finished('b', 100, 400.0, 30.0),
+                _finished('c', 100, 900.0, 80.0, model='m.C')]
+    assert runs.estimate_seconds(_spec('a', 300), finished) == pytest.approx(0.5 * 300 + 9.0)
+    assert runs.estimate_seconds(_spec('a', 300), finished, done=100) == pytest.approx(0.5 * 200 + 9.0)
+    assert runs.estimate_seconds(_spec('new', 10), finished) == pytest.approx(4.0 * 10 + 30.0)  # model m.A: a, b
+    assert runs.estimate_seconds(_spec('new', 10, model='m.Z'), finished) is None
+
+
+def test_cores_busy_is_cpu_seconds_per_second_over_the_windows_that_recorded_them():
+    timings = [{'seconds': 10.0, 'steps': 5}, {'seconds': 4.0, 'cpu_seconds': 7.0, 'steps': 2},
+               {'seconds': 6.0, 'cpu_seconds': 6.0, 'steps': 3}]
+    assert runs.cores_busy(timings) == pytest.approx(13.0 / 10.0)
+    assert runs.cores_busy(timings[:1]) is None
+
+
+def test_runs_of_one_vocabulary_on_different_renders_are_flagged():
+    def run(size, digest):
+        return {'spec': {'vocab_size': size}, 'data_digest': digest}
+
+    same = {'a': run(100, 'x'), 'b': run(100, 'x'), 'c': run(300, 'y'), 'd': run(300, None), 'e': run(1000, 'z')}
+    assert report.mixed_data(same) == []
+    assert report.mixed_data({**same, 'f': run(300, 'w'), 'g': run(1000, 'v')}) == [300, 1000]
+
+
+def test_an_lmdb_digest_follows_the_samples_not_the_file(tmp_path):
+    from tools.create_lmdb_dataset import write_lmdb
+
+    samples = [(b'image-one', 'cat'), (b'image-two', 'dog')]
+    write_lmdb(tmp_path / 'a', samples, check_images=False)
+    write_lmdb(tmp_path / 'b', samples, check_images=False)
+    write_lmdb(tmp_path / 'c', [(b'image-one', 'cat'), (b'image-twO', 'dog')], check_images=False)
+    # the same bytes in sequence ('ca' + 'timage-one' = 'cat' + 'image-one'): each value's length counts
+    write_lmdb(tmp_path / 'd', [(b'timage-one', 'ca'), (b'image-two', 'dog')], check_images=False)
+    digests = [data.lmdb_digest(tmp_path / n) for n in 'abcd']
+    assert digests[0] == digests[1] and len(set(digests)) == 3

@@ -303,3 +303,34 @@ def test_a_run_cut_off_midway_continues_from_its_newest_checkpoint_with_records(
     calls.clear()
     assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
     assert calls == [(first, None)] and not (workdir / f'{first}_0_4.pth').exists()
+
+
+# ---------------------------------------------------------------- a time limit per invocation
+
+
+def test_a_time_limit_leaves_the_runs_that_would_not_end_in_time_for_the_next_invocation(fake_preset, tmp_path,
+                                                                                           monkeypatch, capsys):
+    trained = []
+
+    def fake(spec, *args, **kwargs):
+        trained.append(spec.run_id)
+        return _fake_record(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', fake)
+    assert cli.main(['--preset', str(fake_preset), '--output', str(tmp_path / 'whole')]) == 0
+    whole = list(trained)
+
+    trained.clear()
+    output = tmp_path / 'limited'
+    # 0.36 s: a fake run records more than 1 s, so only runs without an estimate start: the first of each model.
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output), '--hours', '0.0001']) == 0
+    assert trained == ['v12-abinet-s0', 'v12-conaug-s0']
+    out = capsys.readouterr().out
+    assert 'v12-conclr-s0 waits for the next invocation' in out and '6 run(s) left for the next invocation' in out
+    assert 'Partial report: 6 run(s) still to train' in (output / 'results.md').read_text()
+    trained.clear()
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output), '--hours', '1000']) == 0
+    assert trained == whole[2:]  # the rest in the usual order, nothing twice
+    assert (output / 'results.md').read_text() == (tmp_path / 'whole' / 'results.md').read_text()
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output), '--hours', '0']) == 2
+    assert capsys.readouterr().err.strip() == 'error: --hours must be positive, got 0.0'
