@@ -36,7 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
     parser.add_argument('--hours', type=float, default=None, help='time limit: start only the runs expected to end '
                         'within this many hours (estimated from finished runs of the same arm or model; a run with '
-                        'no such estimate is started); the others wait for the next invocation (time-limited jobs)')
+                        'no such estimate only as the first); the others wait for the next invocation (time-limited '
+                        'jobs)')
     return parser.parse_args(argv)
 
 

@@ -126,6 +126,7 @@ class Study:
         self.benchmarks, self.batch = benchmarks, batch
         self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
         self.deferred: list[str] = []
+        self.trained = 0  # runs trained (not read back) by this invocation
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
@@ -148,15 +149,20 @@ class Study:
         return self.places[size]
 
     def fits(self, spec: runs.RunSpec) -> bool:
-        """Whether `spec` should end before the deadline (always, without one or without an estimate)."""
+        """Whether `spec` should end before the deadline: always without one; without an estimate only as this
+        invocation's first training run (so every invocation makes progress and no unknown run is cut off)."""
         if self.deadline is None:
             return True
         estimate = runs.estimate_seconds(spec, runs.finished_runs(self.output), runs.steps_done(self.output, spec))
         left = self.deadline - time.monotonic()
-        if estimate is None or estimate <= left:
+        if estimate is None and not self.trained:
             return True
-        self.say(f'{spec.run_id} waits for the next invocation: it needs about {estimate / 60:.0f} min, '
-                 f'{max(left, 0) / 60:.0f} min of the time limit are left')
+        if estimate is not None and estimate <= left:
+            return True
+        need = 'no finished run of its arm or model to estimate it by' if estimate is None else \
+            f'it needs about {estimate / 60:.0f} min'
+        self.say(f'{spec.run_id} waits for the next invocation: {need}, {max(left, 0) / 60:.0f} min of the time '
+                 'limit are left')
         return False
 
     def run(self, spec: runs.RunSpec) -> dict[str, Any] | None:
@@ -167,6 +173,7 @@ class Study:
             if not self.fits(spec):
                 self.deferred.append(spec.run_id)
                 return None
+            self.trained += 1
             record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
             self.records[spec.run_id] = record
             self.write()

@@ -73,8 +73,10 @@ def test_presets_make_valid_project_configs(tmp_path, name):
         assert ('ConCLR' in config.model_name) == (arm != 'abinet')
         if arm == 'conaug':
             assert config.training_alpha == 0.0
-    if name != 'experiment_tiny.yaml':  # the design: seeds and the stronger contrastive arms
+    if name != 'experiment_tiny.yaml':  # the design: seeds and a stronger contrastive arm
         assert len(preset.arms['abinet'].seeds) >= 3 and len(preset.arms['conclr'].seeds) >= 3
         assert all(len(a.seeds) >= 2 for a in preset.arms.values())
         strong = [preset.arm_tree(a)['training'] for a in preset.arms if a.startswith('conclr_')]
-        assert any(t['tau'] < 2 for t in strong) and any(t['alpha'] >= 1 for t in strong)
+        assert any(t['tau'] < 2 for t in strong)  # tau 2 caps each anchor's term within about 1 nat, any alpha
+        if name == 'experiment_gpu.yaml':
+            assert any(t['alpha'] >= 1 for t in strong)
