@@ -184,18 +184,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def call_times(fn: Callable[[], Any], calls: int, device: torch.device) -> list[float]:
+    """Wall time of each of `calls` calls of `fn` (device synchronised)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of `fn` over `repeats` calls after `warmup` untimed calls (device synchronised)."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_times(fn, max(1, repeats), device))
 
 
 def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
@@ -1048,17 +1053,6 @@ def learner_fit(learn: Learner, callbacks: list[Callback], timer: StepTimer, lr:
     return timer.gaps()
 
 
-def plain_steps(step: Callable[[], Any], steps: int, device: torch.device) -> list[float]:
-    """Wall times of `steps` calls of a plain training step (device synchronised)."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 @dataclass
 class LearnerAgreement:
     """Learner vs plain loop after the same steps from the same weights and batch, dropout off."""
@@ -1112,16 +1106,16 @@ def time_learner(s: Settings, name: str, steps: int) -> tuple[list[float], list[
     if s.channels_last and s.device.type == 'cuda':
         model.to(s.device, memory_format=torch.channels_last)
     learn, callbacks, timer = bench_learner(config, model, batch, s.device)
-    plain_steps(plain_step, s.warmup, s.device)
+    call_times(plain_step, s.warmup, s.device)
     learner_fit(learn, callbacks, timer, config.optimizer_lr, max(1, s.warmup))
     plain: list[float] = []
     fitted: list[float] = []
     for round_ in range(max(1, s.learner_rounds)):
         if round_ % 2 == 0:  # alternate which path goes first, so a drift in load hits both alike
             fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
-            plain += plain_steps(plain_step, steps, s.device)
+            plain += call_times(plain_step, steps, s.device)
         else:
-            plain += plain_steps(plain_step, steps, s.device)
+            plain += call_times(plain_step, steps, s.device)
             fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
     del learn, callbacks, timer, plain_step, model, twin
     free_device_memory(s.device)
