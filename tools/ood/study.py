@@ -125,7 +125,6 @@ class Study:
         self.preset, self.e, self.output, self.device, self.say = preset, preset.experiment, output, device, say
         self.benchmarks, self.batch = benchmarks, batch
         self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
-        self.deferred: list[str] = []
         self.trained = 0  # runs trained (not read back) by this invocation
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
@@ -171,7 +170,6 @@ class Study:
         record = runs.finished_run(self.output, spec)
         if record is None:
             if not self.fits(spec):
-                self.deferred.append(spec.run_id)
                 return None
             self.trained += 1
             record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
