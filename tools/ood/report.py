@@ -172,6 +172,12 @@ def _intro(result: dict[str, Any]) -> list[str]:
             'evaluated at its final step (never at its best evaluation).', '']
 
 
+def _wall_clock_text(measured: dict[str, dict[str, Any]]) -> str:
+    parts = [f'{key}: {m["reference"]:.3f} s vs {m["baseline"]:.3f} s per step (ratio '
+             f'{m["reference"] / m["baseline"]:.3f}; {m["machine"]})' for key, m in measured.items()]
+    return '; '.join(parts) + '.' if parts else 'not measured yet.'
+
+
 def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
     lines: list[str] = []
     if result['sweep']['sizes']:
@@ -184,8 +190,11 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
     for key, title, text in (
             ('same_steps', 'Same number of optimiser steps', 'Every arm: same data, model size, schedule and steps.'),
             ('same_wall_clock', 'Same wall-clock training time', 'The baseline trained for as many steps as fit in '
-             'the reference arm\'s measured training time (evaluation excluded), its schedule stretched to its '
-             'own length.')):
+             'the reference arm\'s training time (evaluation excluded), its schedule stretched to its own length. '
+             'The two models\' step times were measured side by side in one process (fastai Learner, training\'s '
+             'callbacks, alternating rounds, median) on the machine that trained the baseline\'s run, not taken '
+             'from the two runs, which may come from different sessions and machine speeds: '
+             + _wall_clock_text(result.get('wall_clock', {})))):
         table = result['tables'].get(key)
         if not table:
             continue

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from tools.ood import figures, report, runs
+from tools.ood import figures, report, runs, wall_clock
 from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, read_vocabulary
 from tools.ood.preset import ExperimentError, Preset
 from training.builders import build_model, is_conclr
@@ -221,8 +221,19 @@ class Study:
                 ref = self.run(self.spec(reference, seed, size))
                 if base is None or ref is None:
                     continue
-                steps = runs.equal_wall_steps(self.preset.steps, ref['train_seconds'], base['train_seconds'])
-                self.run(self.spec(baseline, seed, size, steps, 'wall'))
+                self.run(self.spec(baseline, seed, size, self.wall_steps(base, ref), 'wall'))
+
+    def wall_steps(self, base: dict[str, Any], ref: dict[str, Any]) -> int:
+        """Steps of the baseline's equal-wall-clock run beside `ref`: the reference's steps times the ratio of the
+        two models' step times, measured side by side on this machine (once; saved in wall_clock.json)."""
+        env = environment(self.device)
+        key = f'v{base["spec"]["vocab_size"]}-s{base["spec"]["seed"]}'
+        times = wall_clock.step_seconds(self.output, key, self.output / ref['config'], self.output / base['config'],
+                                        self.device, f'{env["device_name"]}, torch threads: {env["torch_threads"]}')
+        steps = runs.equal_wall_steps(ref['steps'], times['reference'], times['baseline'])
+        self.say(f'equal wall-clock, {key}: a step takes {times["reference"]:.3f} s ({ref["spec"]["arm"]}) and '
+                 f'{times["baseline"]:.3f} s ({base["spec"]["arm"]}) side by side: {steps} baseline steps')
+        return steps
 
     def planned(self) -> list[str]:
         """Run ids of the whole study (|V| shown as '?' before the sweep chose it)."""
@@ -271,6 +282,8 @@ class Study:
                                                           'why': self.why},
                 'test_sets': sets, 'samples': samples, 'tables': tables, 'runs': self.records,
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
+                'wall_clock': (json.loads((self.output / wall_clock.WALL_FILE).read_text(encoding='utf-8'))
+                               if (self.output / wall_clock.WALL_FILE).is_file() else {}),
                 'environment': environment(self.device),
                 'run_seconds': sum(r['wall_seconds'] + r['test_seconds'] for r in self.records.values())}
 
