@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +197,10 @@ def steps_done(output: Path, spec: RunSpec) -> int:
 
 
 def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: int = 0) -> float | None:
-    """Seconds `spec` should take to train its steps after `done` and be evaluated, going by the slowest finished
-    run of the same arm (else of the same model class): its main.train seconds per step, plus its evaluation
-    seconds. None when no such run has finished."""
+    """Seconds `spec` should take to train its steps after `done` and be evaluated, going by the finished runs of
+    the same arm (else of the same model class): their median main.train seconds per step, plus their median
+    evaluation seconds (a median, so one run slowed by other jobs does not hold back the rest). None when no such
+    run has finished."""
     def model(tree: dict) -> Any:
         return tree.get('model', {}).get('name')
 
@@ -206,8 +208,8 @@ def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: in
             or [r for r in finished if model(r['spec']['tree']) == model(spec.tree)])
     if not pool:
         return None
-    per_step = max(r['wall_seconds'] / r['steps'] for r in pool)
-    return per_step * max(spec.steps - done, 0) + max(r['test_seconds'] for r in pool)
+    per_step = statistics.median(r['wall_seconds'] / r['steps'] for r in pool)
+    return per_step * max(spec.steps - done, 0) + statistics.median(r['test_seconds'] for r in pool)
 
 
 def finished_run(output: Path, spec: RunSpec) -> dict[str, Any] | None:
