@@ -35,9 +35,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--no_benchmarks', action='store_true', help='skip the real benchmark LMDBs')
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
     parser.add_argument('--hours', type=float, default=None, help='time limit: start only the runs expected to end '
-                        'within this many hours (estimated from the median finished run of the same arm or model; a run with '
-                        'no such estimate only as the first); the others wait for the next invocation (time-limited '
-                        'jobs)')
+                        'within this many hours (going by the median finished run of the same arm or model; a run '
+                        'with no such estimate only as the first); the others wait for the next invocation '
+                        '(time-limited jobs)')
     return parser.parse_args(argv)
 
 
