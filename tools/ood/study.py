@@ -129,7 +129,7 @@ class Study:
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
-        self.why = 'given by the preset'
+        self.why = 'given by the preset' if self.vocab_size is not None else 'not chosen yet: the sweep is not finished'
         self.sweep_rows: dict[int, dict[str, Any]] = {}
         self.tsne: list[str] = []
 

@@ -346,3 +346,17 @@ def test_a_time_limit_leaves_the_runs_that_would_not_end_in_time_for_the_next_in
     assert (output / 'results.md').read_text() == (tmp_path / 'whole' / 'results.md').read_text()
     assert cli.main(['--preset', str(fake_preset), '--output', str(output), '--hours', '0']) == 2
     assert capsys.readouterr().err.strip() == 'error: --hours must be positive, got 0.0'
+
+
+def test_a_sweep_cut_short_by_the_time_limit_chooses_no_vocabulary(fake_preset, tmp_path, monkeypatch):
+    preset = yaml.safe_load(fake_preset.read_text())
+    preset['experiment']['sweep_vocab_sizes'] = [12, 16]
+    path = tmp_path / 'two_sizes.yaml'
+    path.write_text(yaml.safe_dump(preset))
+    monkeypatch.setattr(runs, 'train_and_evaluate', lambda spec, *args, **kwargs: _fake_record(spec, *args))
+    output = tmp_path / 'out'
+    assert cli.main(['--preset', str(path), '--output', str(output), '--hours', '0.0001']) == 0
+    result = json.loads((output / 'results.json').read_text())
+    assert sorted(result['runs']) == ['v12-abinet-s0'] and result['vocab_size'] is None
+    assert result['sweep']['why'] == 'not chosen yet: the sweep is not finished'
+    assert 'v?-abinet-s0' in result['missing'] and 'v16-abinet-s0' in result['missing']
