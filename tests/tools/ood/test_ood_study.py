@@ -238,7 +238,8 @@ def fake_preset(tmp_path, monkeypatch):
     return path
 
 
-def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset, tmp_path, monkeypatch):
+def _record_training(monkeypatch):
+    """Replace training by _fake_record; returns the list of trained run ids and the fake."""
     trained = []
 
     def fake(spec, *args, **kwargs):
@@ -246,6 +247,11 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset,
         return _fake_record(spec, *args)
 
     monkeypatch.setattr(runs, 'train_and_evaluate', fake)
+    return trained, fake
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset, tmp_path, monkeypatch):
+    trained, fake = _record_training(monkeypatch)
     assert cli.main(['--preset', str(fake_preset), '--output', str(tmp_path / 'whole')]) == 0
     whole = list(trained)
     assert len(whole) == 6 + 2  # 3 arms x 2 seeds, and 2 equal-wall-clock runs
@@ -316,13 +322,7 @@ def test_a_run_cut_off_midway_continues_from_its_newest_checkpoint_with_records(
 
 def test_a_time_limit_leaves_the_runs_that_would_not_end_in_time_for_the_next_invocation(fake_preset, tmp_path,
                                                                                            monkeypatch, capsys):
-    trained = []
-
-    def fake(spec, *args, **kwargs):
-        trained.append(spec.run_id)
-        return _fake_record(spec, *args)
-
-    monkeypatch.setattr(runs, 'train_and_evaluate', fake)
+    trained, _ = _record_training(monkeypatch)
     assert cli.main(['--preset', str(fake_preset), '--output', str(tmp_path / 'whole')]) == 0
     whole = list(trained)
 
