@@ -353,9 +353,10 @@ def test_a_sweep_cut_short_by_the_time_limit_chooses_no_vocabulary(fake_preset, 
     preset['experiment']['sweep_vocab_sizes'] = [12, 16]
     path = tmp_path / 'two_sizes.yaml'
     path.write_text(yaml.safe_dump(preset))
-    monkeypatch.setattr(runs, 'train_and_evaluate', lambda spec, *args, **kwargs: _fake_record(spec, *args))
+    trained, _ = _record_training(monkeypatch)
     output = tmp_path / 'out'
     assert cli.main(['--preset', str(path), '--output', str(output), '--hours', '0.0001']) == 0
+    assert trained == ['v12-abinet-s0']
     result = json.loads((output / 'results.json').read_text())
     assert sorted(result['runs']) == ['v12-abinet-s0'] and result['vocab_size'] is None
     assert result['sweep']['why'] == 'not chosen yet: the sweep is not finished'
