@@ -198,13 +198,14 @@ def steps_done(output: Path, spec: RunSpec) -> int:
 
 def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: int = 0) -> float | None:
     """Seconds `spec` should take to train its steps after `done` and be evaluated, going by the finished runs of
-    the same arm (else of the same model class): their median main.train seconds per step, plus their median
-    evaluation seconds (a median, so one run slowed by other jobs does not hold back the rest). None when no such
-    run has finished."""
+    the same arm and |V| (else of the same arm, else of the same model class): their median main.train seconds per
+    step, plus their median evaluation seconds (a median, so one run slowed by other jobs does not hold back the
+    rest). None when no such run has finished."""
     def model(tree: dict) -> Any:
         return tree.get('model', {}).get('name')
 
-    pool = ([r for r in finished if r['spec']['arm'] == spec.arm]
+    arm = [r for r in finished if r['spec']['arm'] == spec.arm]
+    pool = ([r for r in arm if r['spec']['vocab_size'] == spec.vocab_size] or arm
             or [r for r in finished if model(r['spec']['tree']) == model(spec.tree)])
     if not pool:
         return None

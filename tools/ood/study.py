@@ -23,6 +23,7 @@ from training.builders import build_model, is_conclr
 from utils import REPO_ROOT, Config, tune_malloc
 
 STUDY_FILE = 'study.json'
+TSNE_FILE = 'tsne.json'  # the drawn t-SNE pair: seed, run ids, images, figure names
 
 
 class Progress:
@@ -131,7 +132,9 @@ class Study:
         self.vocab_size: int | None = self.e['vocab_size']
         self.why = 'given by the preset' if self.vocab_size is not None else 'not chosen yet: the sweep is not finished'
         self.sweep_rows: dict[int, dict[str, Any]] = {}
-        self.tsne: list[str] = []
+        tsne = output / TSNE_FILE
+        self.tsne: dict[str, Any] = json.loads(tsne.read_text(encoding='utf-8')) if tsne.is_file() else {}
+        self.told: set[str] = set()  # run ids already said to wait for the next invocation
 
     def place(self, size: int) -> runs.RunPlace:
         """The data of |V| = size (rendered on first use) and the sets its runs are evaluated on."""
@@ -158,6 +161,9 @@ class Study:
             return True
         if estimate is not None and estimate <= left:
             return True
+        if spec.run_id in self.told:
+            return False
+        self.told.add(spec.run_id)
         need = 'no finished run of its arm or model to estimate it by' if estimate is None else \
             f'it needs about {estimate / 60:.0f} min'
         self.say(f'{spec.run_id} waits for the next invocation: {need}, {max(left, 0) / 60:.0f} min of the time '
@@ -212,6 +218,7 @@ class Study:
         size, baseline, reference = self.vocab_size, self.e['baseline'], self.e['reference']
         if size is None:  # the sweep is not finished
             return
+        self.load_finished(size)
         for seed in sorted({s for arm in self.preset.arms.values() for s in arm.seeds}):
             for arm in self.preset.arms.values():
                 if seed in arm.seeds:
@@ -223,14 +230,37 @@ class Study:
                     continue
                 self.run(self.spec(baseline, seed, size, self.wall_steps(base, ref), 'wall'))
 
-    def wall_steps(self, base: dict[str, Any], ref: dict[str, Any]) -> int:
+    def load_finished(self, size: int) -> None:
+        """Read every finished run at `size` into the records up front, so the report written after each run counts
+        the runs later in the order too (equal-wall-clock runs only once their step times are saved)."""
+        for arm in self.preset.arms.values():
+            for seed in arm.seeds:
+                record = runs.finished_run(self.output, self.spec(arm.name, seed, size))
+                if record is not None:
+                    self.records[record['run_id']] = record
+        for seed in self.wall_seeds():
+            base, ref = (self.records.get(self.spec(a, seed, size).run_id) for a in (self.e['baseline'],
+                                                                                      self.e['reference']))
+            steps = self.wall_steps(base, ref, measure=False) if base and ref else None
+            record = runs.finished_run(self.output, self.spec(self.e['baseline'], seed, size, steps, 'wall')) \
+                if steps else None
+            if record is not None:
+                self.records[record['run_id']] = record
+
+    def wall_steps(self, base: dict[str, Any], ref: dict[str, Any], measure: bool = True) -> int | None:
         """Steps of the baseline's equal-wall-clock run beside `ref`: the reference's steps times the ratio of the
-        two models' step times, measured side by side on this machine (once; saved in wall_clock.json)."""
+        two models' step times, measured side by side on this machine (once; saved in wall_clock.json). None, and
+        nothing said, when they are not saved yet and `measure` is False."""
         env = environment(self.device)
         key = f'v{base["spec"]["vocab_size"]}-s{base["spec"]["seed"]}'
         times = wall_clock.step_seconds(self.output, key, self.output / ref['config'], self.output / base['config'],
-                                        self.device, f'{env["device_name"]}, torch threads: {env["torch_threads"]}')
+                                        self.device, f'{env["device_name"]}, torch threads: {env["torch_threads"]}',
+                                        measure)
+        if times is None:
+            return None
         steps = runs.equal_wall_steps(ref['steps'], times['reference'], times['baseline'])
+        if not measure:
+            return steps
         self.say(f'equal wall-clock, {key}: a step takes {times["reference"]:.3f} s ({ref["spec"]["arm"]}) and '
                  f'{times["baseline"]:.3f} s ({base["spec"]["arm"]}) side by side: {steps} baseline steps')
         return steps
@@ -299,9 +329,9 @@ class Study:
             both = {**steps, **{k: v for k, v in wall.items() if k not in steps}}
             figures.plot_curves(both, labels, self.output / 'curves_wallclock.png', wall_clock=True)
             shown['curves_wallclock.png'] = 'the same against training seconds, equal-wall-clock runs included'
-        for name in self.tsne:
+        for name in self.tsne.get('figures', []):
             shown[name] = f't-SNE of character glimpses, {labels[self.e["baseline"]]} beside ' \
-                          f'{labels[self.e["reference"]]} (first common seed, {self.e["tsne_images"]} images)'
+                          f'{labels[self.e["reference"]]} (seed {self.tsne["seed"]}, {self.tsne["images"]} images)'
         return shown
 
     def write(self) -> dict[str, Any]:
@@ -313,18 +343,33 @@ class Study:
         return result
 
     def draw_tsne(self) -> None:
-        """The t-SNE pair: baseline and reference arm at their first common seed."""
+        """The t-SNE pair, drawn once: baseline and reference arm at their first common seed whose two final
+        checkpoints are on this machine (a study continued on another machine has the runs' records, not their
+        checkpoints); without one it waits for a later invocation."""
+        if self.e['tsne_images'] <= 0 or self.tsne:
+            return
         steps = self.columns('steps')
         base, ref = steps.get(self.e['baseline'], {}), steps.get(self.e['reference'], {})
         common = sorted(set(base) & set(ref))
-        if self.e['tsne_images'] <= 0 or not common:
+        missing = {s: [r[s]['checkpoint'] for r in (base, ref) if not (self.output / r[s]['checkpoint']).is_file()]
+                   for s in common}
+        here = [s for s in common if not missing[s]]
+        if not here:
+            if common:
+                self.say('the t-SNE pair waits for a seed with both final checkpoints on this machine; missing: '
+                         + ', '.join(c for s in common for c in missing[s]))
             return
-        start = time.perf_counter()
-        pair = [(self.preset.arms[self.e['baseline']].label, base[common[0]]),
-                (self.preset.arms[self.e['reference']].label, ref[common[0]])]
-        self.tsne = figures.tsne_pair(pair, self.output, self.output / 'data' / f'v{self.vocab_size}',
-                                      self.e['tsne_images'], self.device)
-        self.say(f't-SNE pair in {time.perf_counter() - start:.1f} s')
+        seed, start = here[0], time.perf_counter()
+        pair = [(self.preset.arms[self.e['baseline']].label, base[seed]),
+                (self.preset.arms[self.e['reference']].label, ref[seed])]
+        names = figures.tsne_pair(pair, self.output, self.output / 'data' / f'v{self.vocab_size}',
+                                  self.e['tsne_images'], self.device)
+        self.tsne = {'seed': seed, 'runs': [base[seed]['run_id'], ref[seed]['run_id']],
+                     'images': self.e['tsne_images'], 'figures': names}
+        partial = self.output / (TSNE_FILE + '.part')
+        partial.write_text(json.dumps(self.tsne, indent=1), encoding='utf-8')
+        partial.replace(self.output / TSNE_FILE)
+        self.say(f't-SNE pair of seed {seed} in {time.perf_counter() - start:.1f} s')
 
 
 def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None) -> dict[str, Any]:

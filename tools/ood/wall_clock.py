@@ -48,11 +48,13 @@ def measure_step_seconds(configs: dict[str, Path], device: torch.device, rounds:
 
 
 def step_seconds(output: Path, key: str, reference: Path, baseline: Path, device: torch.device,
-                 machine: str) -> dict[str, Any]:
+                 machine: str, measure: bool = True) -> dict[str, Any] | None:
     """The saved side-by-side step times of `key` (a |V| and seed) in `output`, or measure and save them:
-    {'reference': s, 'baseline': s, 'measured': date, 'machine': `machine`}."""
+    {'reference': s, 'baseline': s, 'measured': date, 'machine': `machine`}; None when not saved and not `measure`."""
     path = output / WALL_FILE
     saved = json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
+    if key not in saved and not measure:
+        return None
     if key not in saved:
         medians = measure_step_seconds({'reference': reference, 'baseline': baseline}, device)
         saved[key] = {**medians, 'measured': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine}

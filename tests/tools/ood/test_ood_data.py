@@ -87,12 +87,13 @@ def test_equal_wall_clock_steps_and_save_period():
     assert runs.training_seconds([{'seconds': 1.5, 'steps': 10}, {'seconds': 0.5, 'steps': 3}]) == (2.0, 13)
 
 
-def _spec(arm, steps=100, model='m.A', seed=0):
-    return runs.RunSpec(arm, seed, steps, 12, {'model': {'name': model}})
+def _spec(arm, steps=100, model='m.A', seed=0, size=12):
+    return runs.RunSpec(arm, seed, steps, size, {'model': {'name': model}})
 
 
-def _finished(arm, steps, wall, test, model='m.A'):
-    return {'spec': _spec(arm, steps, model).as_dict(), 'steps': steps, 'wall_seconds': wall, 'test_seconds': test}
+def _finished(arm, steps, wall, test, model='m.A', size=12):
+    return {'spec': _spec(arm, steps, model, size=size).as_dict(), 'steps': steps, 'wall_seconds': wall,
+            'test_seconds': test}
 
 
 def test_a_run_is_estimated_from_the_median_run_of_its_arm_else_of_its_model():
@@ -104,6 +105,10 @@ def test_a_run_is_estimated_from_the_median_run_of_its_arm_else_of_its_model():
     # a new arm of model m.A: runs a, a, b give 0.5, 0.3, 4.0 s per step (median 0.5) and 7, 9, 30 s (median 9)
     assert runs.estimate_seconds(_spec('new', 10), finished) == pytest.approx(0.5 * 10 + 9.0)
     assert runs.estimate_seconds(_spec('new', 10, model='m.Z'), finished) is None
+    # runs of arm a at another |V| count only when none of the same |V| has finished
+    slow = finished + [_finished('a', 100, 200.0, 20.0, size=50), _finished('a', 100, 300.0, 20.0, size=50)]
+    assert runs.estimate_seconds(_spec('a', 300), slow) == pytest.approx(0.4 * 300 + 8.0)
+    assert runs.estimate_seconds(_spec('a', 300, size=99), slow) == pytest.approx(1.25 * 300 + 14.5)
 
 
 def test_cores_busy_is_cpu_seconds_per_second_over_the_windows_that_recorded_them():

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from support.checkpoint import save_checkpoint
-from tools.ood import cli, runs, wall_clock
+from tools.ood import cli, figures, runs, wall_clock
 from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
 from training import train
 
@@ -216,7 +216,8 @@ def _fake_record(spec, place, experiment, device):
              for i, n in enumerate(SYNTHETIC_SETS)}
     seconds = (1 + h % 7 + 2 * ('conclr' in spec.arm or 'conaug' in spec.arm)) * spec.steps / 10
     return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': 1000 + h,
-            'config': f'configs/{spec.run_id}.yaml', 'workdir': f'runs/{spec.run_id}', 'checkpoint': 'none.pth',
+            'config': f'configs/{spec.run_id}.yaml', 'workdir': f'runs/{spec.run_id}',
+            'checkpoint': f'runs/{spec.run_id}/{spec.run_id}.pth',  # never written: a fake run saves no model
             'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': seconds + 1,
             'images_per_second': 8.0, 'test_seconds': 1.0, 'final': final, 'lexicon': {},
             'curve': [{'iteration': spec.steps, **{f'{n}_curve': final[n] for n in SYNTHETIC_SETS}}],
@@ -335,6 +336,7 @@ def test_a_time_limit_leaves_the_runs_that_would_not_end_in_time_for_the_next_in
     out = capsys.readouterr().out
     assert 'v12-conaug-s0 waits for the next invocation: no finished run of its arm or model' in out
     assert 'v12-abinet-s1 waits for the next invocation: it needs about' in out
+    assert out.count('v12-conclr-s0 waits') == 1  # an arm's run and the equal-wall-clock pair's reference
     assert '7 run(s) left for the next invocation' in out
     assert 'Partial report: 7 run(s) still to train' in (output / 'results.md').read_text()
     trained.clear()
@@ -361,3 +363,65 @@ def test_a_sweep_cut_short_by_the_time_limit_chooses_no_vocabulary(fake_preset, 
     assert sorted(result['runs']) == ['v12-abinet-s0'] and result['vocab_size'] is None
     assert result['sweep']['why'] == 'not chosen yet: the sweep is not finished'
     assert 'v?-abinet-s0' in result['missing'] and 'v16-abinet-s0' in result['missing']
+
+
+def test_the_report_written_after_each_run_counts_the_runs_finished_before(fake_preset, tmp_path, monkeypatch):
+    _record_training(monkeypatch)
+    output = tmp_path / 'out'
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    finished = set(_records(output))
+    for run_id in ('v12-conclr-s0', 'v12-abinet-wall-s0'):  # two runs of seed 0, trained before those of seed 1
+        shutil.rmtree(output / 'runs' / run_id)
+    trained = []
+
+    def stopped_at_the_second(spec, *args, **kwargs):
+        trained.append(spec.run_id)
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        return _fake_record(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(['--preset', str(fake_preset), '--output', str(output)])
+    assert trained == ['v12-conclr-s0', 'v12-abinet-wall-s0']
+    result = json.loads((output / 'results.json').read_text())  # written after v12-conclr-s0
+    assert result['missing'] == ['v12-abinet-wall-s0']
+    assert set(result['runs']) == finished - {'v12-abinet-wall-s0'}
+    assert sorted(result['tables']['same_steps']['abinet']['seeds']) == [0, 1]
+
+
+def test_the_tsne_pair_waits_for_a_seed_with_both_checkpoints_here_and_is_drawn_once(fake_preset, tmp_path,
+                                                                                       monkeypatch, capsys):
+    preset = yaml.safe_load(fake_preset.read_text())
+    preset['experiment']['tsne_images'] = 5
+    path = tmp_path / 'tsne.yaml'
+    path.write_text(yaml.safe_dump(preset))
+    _record_training(monkeypatch)
+    drawn = []
+
+    def fake_tsne(pair, output, data, count, device):
+        drawn.append(([record['run_id'] for _, record in pair], count))
+        return ['tsne_oov_words.png']
+
+    monkeypatch.setattr(figures, 'tsne_pair', fake_tsne)
+    output = tmp_path / 'out'
+    argv = ['--preset', str(path), '--output', str(output)]
+    # The fake runs save no checkpoints, as when the runs were trained on another machine: the study still ends.
+    assert cli.main(argv) == 0
+    assert drawn == []
+    out = capsys.readouterr().out
+    assert 'the t-SNE pair waits' in out and 'runs/v12-conclr-s1/v12-conclr-s1.pth' in out
+    result = json.loads((output / 'results.json').read_text())
+    assert result['complete'] and not [name for name in result['figures'] if name.startswith('tsne')]
+
+    for run_id in ('v12-abinet-s0', 'v12-abinet-s1', 'v12-conclr-s1'):  # seed 0 lacks ConCLR's checkpoint
+        (output / 'runs' / run_id / f'{run_id}.pth').touch()
+    assert cli.main(argv) == 0
+    assert drawn == [(['v12-abinet-s1', 'v12-conclr-s1'], 5)]
+    figures_drawn = json.loads((output / 'results.json').read_text())['figures']
+    assert '(seed 1, 5 images)' in figures_drawn['tsne_oov_words.png']
+
+    (output / 'runs' / 'v12-conclr-s0' / 'v12-conclr-s0.pth').touch()  # seed 0 could be drawn now: the pair stays
+    assert cli.main(argv) == 0
+    assert len(drawn) == 1
+    assert json.loads((output / 'results.json').read_text())['figures'] == figures_drawn
