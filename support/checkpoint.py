@@ -16,7 +16,6 @@ import os
 import pickle
 import random
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from support.atomic_file import atomic_open
 from utils import get_logger
 
 # Keys a ConCLR checkpoint has beyond a plain ABINet-Vision model, and vice versa.
@@ -44,30 +44,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, 
 
 def write_atomically(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """torch.save `state` to `path` through a temporary file and a rename, so `path` is never half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """A new hidden file beside `path`, with the permissions the process umask gives any other output (mkstemp's
-    would be 0600)."""
-    while True:
-        tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
-        except FileExistsError:
-            continue
+    with atomic_open(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 # Phrases of torch's weights-only unpickler when a file asks for a callable or class outside its allowlist.

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from dataset import close_lmdb, open_lmdb
+from support.atomic_file import write_json_atomically
 from tools.create_lmdb_dataset import write_lmdb
 from tools.ood.preset import ExperimentError
 from tools.render_synthetic import find_fonts, render_split
@@ -156,7 +157,7 @@ def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[
         if manifest.get('settings') == wanted:
             if 'digest' not in manifest:  # rendered before digests were kept
                 manifest['digest'] = lmdb_digest(folder / 'train')
-                manifest_path.write_text(json.dumps(manifest, indent=1))
+                write_json_atomically(manifest_path, manifest)
             return manifest
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -183,7 +184,7 @@ def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[
                 'alphabet': ''.join(sorted(set(''.join(vocabs['train'])))),
                 'length_histogram': {name: dict(sorted(Counter(map(len, words)).items()))
                                      for name, words in vocabs.items()}}
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    write_json_atomically(manifest_path, manifest)
     say(f'rendered the data of |V| = {vocab_size} into {folder} in {manifest["seconds"]:.0f} s')
     return manifest
 

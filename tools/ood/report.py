@@ -221,18 +221,24 @@ def _busy(record: dict[str, Any]) -> str:
     return 'not recorded' if busy is None else f'{busy:.2f} of {record["torch_threads"]}'
 
 
+def _wall(record: dict[str, Any]) -> str:
+    resumed = record.get('resumed_from')
+    return f'{record["wall_seconds"]:.1f}' + ('' if resumed is None else f' (from step {resumed})')
+
+
 def _runs_table(result: dict[str, Any]) -> list[str]:
     lines = ['## Runs', '', '| run | parameters | steps | training s | s/step | img/s | evaluation s | '
              'main.train wall s | CPU cores busy | training data |', '|---|' + '---:|' * 8 + '---|']
     for run_id, r in result['runs'].items():
         lines.append(f'| {run_id} | {r["parameters"]:,} | {r["steps"]} | {r["train_seconds"]:.1f} | '
                      f'{r["seconds_per_step"]:.3f} | {r["images_per_second"]:.1f} | {r["test_seconds"]:.1f} | '
-                     f'{r["wall_seconds"]:.1f} | {_busy(r)} | '
+                     f'{_wall(r)} | {_busy(r)} | '
                      f'{(r.get("data_digest") or "not recorded")[:12]} |')
     mixed = mixed_data(result['runs'])
     lines += ['', 'Training seconds are the sums of the training callback\'s timed windows (no evaluation, '
               'checkpoint saving or set-up); img/s counts original images (a ConCLR step also trains on two '
-              'ConAug views of its batch); evaluation s = the main.test runs behind the curves and tables. '
+              'ConAug views of its batch); evaluation s = the main.test runs behind the curves and tables; '
+              'main.train wall s of a run resumed from a periodic checkpoint covers its last invocation only. '
               'CPU cores busy = the training process\'s CPU seconds per second of its timed windows, of its '
               'torch threads: well below the thread count means other jobs shared the CPU and its seconds are '
               'inflated. Training data = sha256 of the training renders (label and image bytes), so runs made on '

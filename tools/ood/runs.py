@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
+from support.atomic_file import write_json_atomically
 from support.checkpoint import PERIODIC, load_checkpoint, periodic_checkpoints
 from tools.ood.data import lexicon_split
 from tools.ood.preset import ExperimentError, preset_value, set_nested
@@ -179,6 +180,7 @@ def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any
             'workdir': os.path.relpath(config.workdir.resolve(), relative),
             'checkpoint': os.path.relpath(saved[-1].resolve(), relative),
             'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': wall,
+            'resumed_from': None if resume is None else int(PERIODIC.match(resume.name)['iteration']),
             'cores_busy': cores_busy(callback.timings), 'torch_threads': torch.get_num_threads(),
             'images_per_second': config.dataset_train_batch_size * spec.steps / max(seconds, 1e-9),
             'test_seconds': time.perf_counter() - start, 'final': final, 'lexicon': lexicon, 'curve': curve,
@@ -198,9 +200,10 @@ def steps_done(output: Path, spec: RunSpec) -> int:
 
 def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: int = 0) -> float | None:
     """Seconds `spec` should take to train its steps after `done` and be evaluated, going by the finished runs of
-    the same arm and |V| (else of the same arm, else of the same model class): their median main.train seconds per
-    step, plus their median evaluation seconds (a median, so one run slowed by other jobs does not hold back the
-    rest). None when no such run has finished."""
+    the same arm and |V| (else of the same arm, else of the same model class): their median training seconds per
+    step (complete for resumed runs too, unlike main.train's wall time; set-up adds under a minute), plus their
+    median evaluation seconds (a median, so one run slowed by other jobs does not hold back the rest). None when no
+    such run has finished."""
     def model(tree: dict) -> Any:
         return tree.get('model', {}).get('name')
 
@@ -209,7 +212,7 @@ def estimate_seconds(spec: RunSpec, finished: Sequence[dict[str, Any]], done: in
             or [r for r in finished if model(r['spec']['tree']) == model(spec.tree)])
     if not pool:
         return None
-    per_step = statistics.median(r['wall_seconds'] / r['steps'] for r in pool)
+    per_step = statistics.median(r['train_seconds'] / r['steps'] for r in pool)
     return per_step * max(spec.steps - done, 0) + statistics.median(r['test_seconds'] for r in pool)
 
 
@@ -241,9 +244,7 @@ def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], devi
         record = train_and_evaluate(spec, place, experiment, device)
     record['finished'] = time.strftime('%Y-%m-%d %H:%M')
     workdir.mkdir(parents=True, exist_ok=True)
-    partial = workdir / (RUN_FILE + '.part')
-    partial.write_text(json.dumps(record, indent=1, allow_nan=True), encoding='utf-8')
-    partial.replace(workdir / RUN_FILE)
+    write_json_atomically(workdir / RUN_FILE, record)
     say(f'{spec.run_id}: {spec.steps} steps, {record["train_seconds"]:.1f} s training, IV cwr '
         f'{100 * record["final"]["iv"]["cwr"]:.2f} %, OOV-words cwr {100 * record["final"]["oov_words"]["cwr"]:.2f} %')
     return record

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from support.atomic_file import write_json_atomically, write_text_atomically
 from tools.ood import figures, report, runs, wall_clock
 from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, read_vocabulary
 from tools.ood.preset import ExperimentError, Preset
@@ -53,8 +54,7 @@ def claim_folder(output: Path, preset: Preset) -> bool:
         raise ExperimentError(f'{output} is not empty and holds no {STUDY_FILE}: give a new --output')
     output.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(preset.path, output / 'preset.yaml')
-    marker.write_text(json.dumps({'preset': preset.path, 'fingerprint': preset.fingerprint(), **preset.tree},
-                                 indent=1), encoding='utf-8')
+    write_json_atomically(marker, {'preset': preset.path, 'fingerprint': preset.fingerprint(), **preset.tree})
     return False
 
 
@@ -251,13 +251,15 @@ class Study:
         """Steps of the baseline's equal-wall-clock run beside `ref`: the reference's steps times the ratio of the
         two models' step times, measured side by side on this machine (once; saved in wall_clock.json). None, and
         nothing said, when they are not saved yet and `measure` is False."""
-        env = environment(self.device)
         key = f'v{base["spec"]["vocab_size"]}-s{base["spec"]["seed"]}'
-        times = wall_clock.step_seconds(self.output, key, self.output / ref['config'], self.output / base['config'],
-                                        self.device, f'{env["device_name"]}, torch threads: {env["torch_threads"]}',
-                                        measure)
-        if times is None:
+        times = wall_clock.saved_step_seconds(self.output, key)
+        if times is None and not measure:
             return None
+        if times is None:
+            env = environment(self.device)
+            times = wall_clock.measure_and_save(self.output, key, self.output / ref['config'],
+                                                self.output / base['config'], self.device,
+                                                f'{env["device_name"]}, torch threads: {env["torch_threads"]}')
         steps = runs.equal_wall_steps(ref['steps'], times['reference'], times['baseline'])
         if not measure:
             return steps
@@ -315,7 +317,7 @@ class Study:
                 'wall_clock': (json.loads((self.output / wall_clock.WALL_FILE).read_text(encoding='utf-8'))
                                if (self.output / wall_clock.WALL_FILE).is_file() else {}),
                 'environment': environment(self.device),
-                'run_seconds': sum(r['wall_seconds'] + r['test_seconds'] for r in self.records.values())}
+                'run_seconds': sum(r['train_seconds'] + r['test_seconds'] for r in self.records.values())}
 
     def figures(self) -> dict[str, str]:
         """Draw the learning curves; {file name: description} of every figure in the folder."""
@@ -337,9 +339,8 @@ class Study:
     def write(self) -> dict[str, Any]:
         """results.json and results.md of the runs finished so far."""
         result = self.result()
-        text = json.dumps(result, indent=1, allow_nan=True)
-        (self.output / 'results.json').write_text(text, encoding='utf-8')
-        (self.output / 'results.md').write_text(report.markdown(result), encoding='utf-8')
+        write_json_atomically(self.output / 'results.json', result)
+        write_text_atomically(self.output / 'results.md', report.markdown(result))
         return result
 
     def draw_tsne(self) -> None:
@@ -366,9 +367,7 @@ class Study:
                                   self.e['tsne_images'], self.device)
         self.tsne = {'seed': seed, 'runs': [base[seed]['run_id'], ref[seed]['run_id']],
                      'images': self.e['tsne_images'], 'figures': names}
-        partial = self.output / (TSNE_FILE + '.part')
-        partial.write_text(json.dumps(self.tsne, indent=1), encoding='utf-8')
-        partial.replace(self.output / TSNE_FILE)
+        write_json_atomically(self.output / TSNE_FILE, self.tsne)
         self.say(f't-SNE pair of seed {seed} in {time.perf_counter() - start:.1f} s')
 
 

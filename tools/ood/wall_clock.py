@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from support.atomic_file import write_json_atomically
 from tools.benchmark import bench_learner, learner_fit, make_batch
 from training.builders import build_model
 from utils import CharsetMapper, Config
@@ -47,18 +48,19 @@ def measure_step_seconds(configs: dict[str, Path], device: torch.device, rounds:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def step_seconds(output: Path, key: str, reference: Path, baseline: Path, device: torch.device,
-                 machine: str, measure: bool = True) -> dict[str, Any] | None:
-    """The saved side-by-side step times of `key` (a |V| and seed) in `output`, or measure and save them:
-    {'reference': s, 'baseline': s, 'measured': date, 'machine': `machine`}; None when not saved and not `measure`."""
+def saved_step_seconds(output: Path, key: str) -> dict[str, Any] | None:
+    """The side-by-side step times of `key` (a |V| and seed) saved in `output`, or None."""
+    path = output / WALL_FILE
+    return json.loads(path.read_text(encoding='utf-8')).get(key) if path.is_file() else None
+
+
+def measure_and_save(output: Path, key: str, reference: Path, baseline: Path, device: torch.device,
+                     machine: str) -> dict[str, Any]:
+    """Measure the two configs' step times side by side and save them under `key` in `output`:
+    {'reference': s, 'baseline': s, 'measured': date, 'machine': `machine`}."""
+    medians = measure_step_seconds({'reference': reference, 'baseline': baseline}, device)
     path = output / WALL_FILE
     saved = json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
-    if key not in saved and not measure:
-        return None
-    if key not in saved:
-        medians = measure_step_seconds({'reference': reference, 'baseline': baseline}, device)
-        saved[key] = {**medians, 'measured': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine}
-        partial = path.with_suffix('.part')
-        partial.write_text(json.dumps(saved, indent=1), encoding='utf-8')
-        partial.replace(path)
+    saved[key] = {**medians, 'measured': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine}
+    write_json_atomically(path, saved)
     return saved[key]

@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
-from support.checkpoint import save_checkpoint
+from support.checkpoint import PERIODIC, periodic_checkpoints, save_checkpoint
 from tools.ood import cli, figures, runs, wall_clock
 from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
+from tools.ood.preset import load_preset
+from tools.ood.study import Study
 from training import train
 
 REPO = Path(__file__).resolve().parents[3]
@@ -93,7 +95,7 @@ def test_runs_take_their_steps_and_time_comes_from_the_callback(study):
         timings = record['timings']
         assert sum(t['steps'] for t in timings) == record['steps']
         assert record['train_seconds'] == pytest.approx(sum(t['seconds'] for t in timings))
-        assert 0 < record['train_seconds'] <= record['wall_seconds']
+        assert 0 < record['train_seconds'] <= record['wall_seconds'] and record['resumed_from'] is None
         period = max(10, math.ceil(math.ceil(record['steps'] / 3) / 10) * 10)  # 3 curve points, show_iters 10
         assert [p['iteration'] for p in record['curve']] == sorted({*range(period, record['steps'] + 1, period),
                                                                    record['steps']})
@@ -187,6 +189,30 @@ def test_a_second_invocation_trains_nothing_and_writes_the_same_report(study, mo
     monkeypatch.setattr(wall_clock, 'measure_step_seconds', refuse)  # the saved step times are reused
     assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
     assert (output / 'results.md').read_text() == before
+
+
+def test_a_real_run_resumed_from_a_periodic_checkpoint_keeps_the_whole_runs_records(study):
+    # The same run trained whole and resumed from its checkpoint of step 20: the resumed record counts all 30
+    # steps' timings (the first two windows as the checkpoint saved them), all three curve points, and says where
+    # it resumed; estimates of later runs use those complete training seconds, not main.train's last wall time.
+    root, output, result = study
+    preset = load_preset(root / 'preset.yaml')
+    e = {**preset.experiment, 'keep_checkpoints': True}
+    spec = runs.RunSpec('abinet', 7, 30, 12, preset.arm_tree('abinet'))
+    batch = preset.tree['config']['dataset']['train']['batch_size']
+    place = Study(preset, output, torch.device('cpu'), lambda text: None, [], batch).place(12)
+    whole = runs.train_and_evaluate(spec, place, e, torch.device('cpu'))
+    saved = periodic_checkpoints(output / 'runs' / spec.run_id, spec.run_id)
+    assert [PERIODIC.match(p.name)['iteration'] for p in saved] == ['10', '20', '30']
+    resumed = runs.train_and_evaluate(spec, place, e, torch.device('cpu'), resume=saved[1])
+    assert whole['resumed_from'] is None and resumed['resumed_from'] == 20
+    assert sum(t['steps'] for t in resumed['timings']) == 30
+    assert resumed['timings'][:2] == whole['timings'][:2]
+    assert [p['iteration'] for p in resumed['curve']] == [10, 20, 30]
+    assert resumed['curve'][:2] == whole['curve'][:2]  # the same checkpoints, evaluated again
+    assert resumed['train_seconds'] == pytest.approx(sum(t['seconds'] for t in resumed['timings']))
+    shutil.rmtree(output / 'runs' / spec.run_id)
+    (output / 'configs' / f'{spec.run_id}.yaml').unlink()
 
 
 def test_a_folder_of_another_preset_is_refused(study, tmp_path, capsys):
