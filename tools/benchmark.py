@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -192,6 +193,16 @@ def call_times(fn: Callable[[], Any], calls: int, device: torch.device) -> list[
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+    return times
+
+
+def alternating_rounds(timers: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
+    """Each timer's step times over `rounds` rounds, the order of the timers reversed every other round, so that a
+    drift in the machine's load hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for round_ in range(max(1, rounds)):
+        for name in (list(timers) if round_ % 2 == 0 else list(timers)[::-1]):
+            times[name] += timers[name]()
     return times
 
 
@@ -1108,18 +1119,11 @@ def time_learner(s: Settings, name: str, steps: int) -> tuple[list[float], list[
     learn, callbacks, timer = bench_learner(config, model, batch, s.device)
     call_times(plain_step, s.warmup, s.device)
     learner_fit(learn, callbacks, timer, config.optimizer_lr, max(1, s.warmup))
-    plain: list[float] = []
-    fitted: list[float] = []
-    for round_ in range(max(1, s.learner_rounds)):
-        if round_ % 2 == 0:  # alternate which path goes first, so a drift in load hits both alike
-            fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
-            plain += call_times(plain_step, steps, s.device)
-        else:
-            plain += call_times(plain_step, steps, s.device)
-            fitted += learner_fit(learn, callbacks, timer, config.optimizer_lr, steps)
+    times = alternating_rounds({'fitted': partial(learner_fit, learn, callbacks, timer, config.optimizer_lr, steps),
+                                'plain': partial(call_times, plain_step, steps, s.device)}, s.learner_rounds)
     del learn, callbacks, timer, plain_step, model, twin
     free_device_memory(s.device)
-    return plain, fitted
+    return times['plain'], times['fitted']
 
 
 def section_learner(s: Settings, report: Report) -> None:

@@ -99,3 +99,17 @@ def test_device_flag_rejects_absent_devices_with_one_line(monkeypatch, capsys, n
     assert B.main(['--quick', '--device', name]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].replace("'", '').startswith(f'error: --device {name}:')
+
+
+def test_alternating_rounds_reverse_the_order_every_other_round_and_keep_each_timers_times():
+    calls = []
+
+    def timer(name, value):
+        def run():
+            calls.append(name)
+            return [value * len(calls)]
+        return run
+
+    times = B.alternating_rounds({'a': timer('a', 1.0), 'b': timer('b', 10.0)}, 3)
+    assert calls == ['a', 'b', 'b', 'a', 'a', 'b']
+    assert times == {'a': [1.0, 4.0, 5.0], 'b': [20.0, 30.0, 60.0]}

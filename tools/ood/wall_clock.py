@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from support.atomic_file import write_json_atomically
-from tools.benchmark import bench_learner, learner_fit, make_batch
+from tools.benchmark import alternating_rounds, bench_learner, learner_fit, make_batch
 from training.builders import build_model
 from utils import CharsetMapper, Config
 
@@ -41,10 +42,7 @@ def measure_step_seconds(configs: dict[str, Path], device: torch.device, rounds:
         learn, callbacks, timer = bench_learner(config, model, batch, device)
         learner_fit(learn, callbacks, timer, config.optimizer_lr, 1)
         fits[name] = (learn, callbacks, timer, config.optimizer_lr)
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    for round_ in range(rounds):
-        for name in (list(fits) if round_ % 2 == 0 else list(fits)[::-1]):
-            times[name] += learner_fit(*fits[name], steps)
+    times = alternating_rounds({name: partial(learner_fit, *fit, steps) for name, fit in fits.items()}, rounds)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
