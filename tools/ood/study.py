@@ -252,7 +252,7 @@ class Study:
         two models' step times, measured side by side on this machine (once; saved in wall_clock.json). None, and
         nothing said, when they are not saved yet and `measure` is False."""
         key = f'v{base["spec"]["vocab_size"]}-s{base["spec"]["seed"]}'
-        times = wall_clock.saved_step_seconds(self.output, key)
+        times = wall_clock.saved_times(self.output).get(key)
         if times is None and not measure:
             return None
         if times is None:
@@ -314,8 +314,7 @@ class Study:
                                                           'why': self.why},
                 'test_sets': sets, 'samples': samples, 'tables': tables, 'runs': self.records,
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
-                'wall_clock': (json.loads((self.output / wall_clock.WALL_FILE).read_text(encoding='utf-8'))
-                               if (self.output / wall_clock.WALL_FILE).is_file() else {}),
+                'wall_clock': wall_clock.saved_times(self.output),
                 'environment': environment(self.device),
                 'run_seconds': sum(r['train_seconds'] + r['test_seconds'] for r in self.records.values())}
 

@@ -46,10 +46,10 @@ def measure_step_seconds(configs: dict[str, Path], device: torch.device, rounds:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def saved_step_seconds(output: Path, key: str) -> dict[str, Any] | None:
-    """The side-by-side step times of `key` (a |V| and seed) saved in `output`, or None."""
+def saved_times(output: Path) -> dict[str, Any]:
+    """Every side-by-side measurement saved in `output`, by key ({} when none is)."""
     path = output / WALL_FILE
-    return json.loads(path.read_text(encoding='utf-8')).get(key) if path.is_file() else None
+    return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
 
 
 def measure_and_save(output: Path, key: str, reference: Path, baseline: Path, device: torch.device,
@@ -57,8 +57,7 @@ def measure_and_save(output: Path, key: str, reference: Path, baseline: Path, de
     """Measure the two configs' step times side by side and save them under `key` in `output`:
     {'reference': s, 'baseline': s, 'measured': date, 'machine': `machine`}."""
     medians = measure_step_seconds({'reference': reference, 'baseline': baseline}, device)
-    path = output / WALL_FILE
-    saved = json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
+    saved = saved_times(output)
     saved[key] = {**medians, 'measured': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine}
-    write_json_atomically(path, saved)
+    write_json_atomically(output / WALL_FILE, saved)
     return saved[key]
