@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start on a fresh machine: install (fonts too, when apt-get is there), render the synthetic word images,
-# train ConCLR-Vision on them from the shipped ABINet-Vision weights (about 18 minutes in all on 2 CPU cores), then
+# train ConCLR-Vision on them from the shipped ABINet-Vision weights (12-17 minutes in all on 2 CPU cores), then
 # evaluate the best checkpoint on the held-out renders and, when ../shared/benchmarks is present, on the real
 # benchmark LMDBs.
 set -euo pipefail
