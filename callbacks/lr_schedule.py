@@ -22,9 +22,10 @@ def lr_phase(iteration: int, iters_per_epoch: int, periods: Sequence[int]) -> in
 
 
 def lr_at(iteration: int, iters_per_epoch: int, lr: float, periods: Sequence[int], gamma: float,
-          warmup_iters: int = 0) -> float:
-    """Learning rate at a 0-based iteration; the first `warmup_iters` ramp linearly up to the phase's value."""
-    warmup = min(1.0, (iteration + 1) / warmup_iters) if warmup_iters > 0 else 1.0
+          warmup_iters: int = 0, warmup_from: int = 0) -> float:
+    """Learning rate at a 0-based iteration; the `warmup_iters` from `warmup_from` on ramp linearly up to the
+    phase's value (a run continued from weights alone, at `training.start_iters`, warms its fresh optimiser up)."""
+    warmup = min(1.0, max(iteration - warmup_from + 1, 1) / warmup_iters) if warmup_iters > 0 else 1.0
     return warmup * lr * gamma ** lr_phase(iteration, iters_per_epoch, periods)
 
 
@@ -41,18 +42,19 @@ class PiecewiseConstantLR(LearnerCallback):
     `start_iter` is the global iteration the run starts at (a resumed run passes its checkpoint's); pass
     `iters_per_epoch` when the first epoch is shorter than a full one (a run resumed mid-epoch), else it is read
     from the training loader when training begins. `warmup_iters` > 0 ramps the lr up linearly over the first
-    global iterations. With `epochs` (the run's `training.epochs`) larger than the periods' sum, training stops
-    after the last phase's final iteration and says so on `logger`.
+    global iterations from `warmup_from` (the run's `training.start_iters`). With `epochs` (the run's
+    `training.epochs`) larger than the periods' sum, training stops after the last phase's final iteration and
+    says so on `logger`.
     """
 
     _order = 20  # after IterationCallback (10), whose on_epoch_end would clear the stop asked for here
 
     def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0,
-                 iters_per_epoch: int | None = None, warmup_iters: int = 0, *, epochs: float | None = None,
-                 logger: logging.Logger | None = None):
+                 iters_per_epoch: int | None = None, warmup_iters: int = 0, *, warmup_from: int = 0,
+                 epochs: float | None = None, logger: logging.Logger | None = None):
         super().__init__(learn)
         self.lr, self.periods, self.gamma, self.start_iter = lr, list(periods), gamma, start_iter
-        self.iters_per_epoch, self.warmup_iters = iters_per_epoch, warmup_iters
+        self.iters_per_epoch, self.warmup_iters, self.warmup_from = iters_per_epoch, warmup_iters, warmup_from
         self.epochs, self.logger = epochs, logger
         self.schedule_over = False
 
@@ -63,7 +65,7 @@ class PiecewiseConstantLR(LearnerCallback):
     def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
         if train:
             self.learn.opt.lr = lr_at(self.start_iter + iteration, self.iters_per_epoch, self.lr, self.periods,
-                                      self.gamma, self.warmup_iters)
+                                      self.gamma, self.warmup_iters, self.warmup_from)
 
     def on_batch_end(self, iteration: int, train: bool, **kwargs: Any) -> dict | None:
         if not train or self.epochs is None:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/setup_env.sh
-bash tools/install_fonts.sh
+bash tools/install_render_assets.sh
 CONFIG=configs/quickstart_conclr_vision_model.yaml
 if [ ! -f data/synth/train/data.mdb ] || [ ! -f data/synth/test/data.mdb ]; then
   python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite

@@ -1,8 +1,11 @@
 """Render synthetic word images offline (fonts already on the machine, no downloads) into train/test LMDBs.
 
     python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0
+    python -m tools.render_synthetic --output data/scene --style scene --real_crops ../shared/training/IIIT5k_train
 
-writes `<output>/train` and `<output>/test` (the test split is new renders of the same vocabulary).
+writes `<output>/train` and `<output>/test` (the test split is new renders of the same text source). The plain
+style draws a font on a plain, gradient or noise background; the scene style (tools/synth) composes text effects
+over photographs and real crops, seen through perspective, blur, low resolution and JPEG.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tools.create_lmdb_dataset import write_lmdb
+from tools.synth.corpus import Corpus, common_words
+from tools.synth.scene import SceneRenderer, SceneStyle
+from tools.synth.textures import TEXTURE_DIRS, colour_pairs, lmdb_images, load_textures, texture_files
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
@@ -224,15 +230,46 @@ def apply_case(word: str, rng: np.random.Generator) -> str:
     return word.upper() if style == 2 else word
 
 
+@lru_cache(maxsize=1024)
+def _code_points(font_path: str) -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
+    try:
+        return frozenset((TTFont(font_path, lazy=True, fontNumber=0).getBestCmap() or {}).keys())
+    except Exception:
+        return frozenset()
+
+
+def font_covers(font_path: str, text: str) -> bool:
+    """Whether the font maps every character of `text` to a glyph of its own (no fallback boxes)."""
+    points = _code_points(font_path)
+    return all(ord(c) in points for c in text)
+
+
+def pick_font(text: str, fonts: Sequence[str], rng: np.random.Generator) -> int:
+    """Index of a random font that covers `text`: one draw, and a second among the covering fonts only when the
+    first lacks a character (so vocabularies every font covers render as before). ValueError when none does."""
+    index = int(rng.integers(len(fonts)))
+    if font_covers(fonts[index], text):
+        return index
+    covering = [i for i, f in enumerate(fonts) if font_covers(f, text)]
+    if not covering:
+        raise ValueError(f'no font has every character of {text!r}')
+    return covering[rng.integers(len(covering))]
+
+
 # Set in each worker by _init_worker (and in the main process when --workers is 1).
 _VOCAB: list[str] = []
 _FONTS: list[str] = []
 _HEIGHT = 32
+_SCENE: SceneRenderer | None = None
+_CORPUS: Corpus | None = None
 
 
-def _init_worker(vocab: list[str], fonts: list[str], height: int) -> None:
-    global _VOCAB, _FONTS, _HEIGHT
-    _VOCAB, _FONTS, _HEIGHT = vocab, fonts, height
+def _init_worker(vocab: list[str], fonts: list[str], height: int, scene: SceneRenderer | None = None,
+                 corpus: Corpus | None = None) -> None:
+    global _VOCAB, _FONTS, _HEIGHT, _SCENE, _CORPUS
+    _VOCAB, _FONTS, _HEIGHT, _SCENE, _CORPUS = vocab, fonts, height, scene, corpus
 
 
 def _render_chunk(job: tuple[int, int, int, int]) -> list[tuple[bytes, str, int]]:
@@ -241,9 +278,12 @@ def _render_chunk(job: tuple[int, int, int, int]) -> list[tuple[bytes, str, int]
     rng = np.random.default_rng([seed, split_id, chunk])
     out = []
     for _ in range(count):
-        text = apply_case(_VOCAB[rng.integers(len(_VOCAB))], rng)
-        font_index = int(rng.integers(len(_FONTS)))
-        img = render_word(text, _FONTS[font_index], rng, _HEIGHT)
+        text = _CORPUS.sample(rng) if _CORPUS is not None else apply_case(_VOCAB[rng.integers(len(_VOCAB))], rng)
+        font_index = pick_font(text, _FONTS, rng)
+        if _SCENE is not None:
+            img = _SCENE.render(text, _FONTS[font_index], rng, _HEIGHT)
+        else:
+            img = render_word(text, _FONTS[font_index], rng, _HEIGHT)
         ok, png = cv2.imencode('.png', cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError(f'PNG encoding failed for {text!r}')
@@ -256,8 +296,10 @@ def _jobs(seed: int, split_id: int, total: int) -> list[tuple[int, int, int, int
 
 
 def render_split(output_dir: str | os.PathLike, num: int, seed: int, split_id: int, vocab: list[str],
-                 fonts: list[str], height: int = 32, workers: int = 1, overwrite: bool = False) -> Counter:
-    """Render `num` words into an LMDB at `output_dir`; return how many images each font index drew."""
+                 fonts: list[str], height: int = 32, workers: int = 1, overwrite: bool = False,
+                 scene: SceneRenderer | None = None, corpus: Corpus | None = None) -> Counter:
+    """Render `num` words into an LMDB at `output_dir` (plain style, or `scene`'s; from `vocab`, or sampled from
+    `corpus`); return how many images each font index drew."""
     used: Counter = Counter()
 
     def samples(chunks: Iterator[list[tuple[bytes, str, int]]]) -> Iterator[tuple[bytes, str]]:
@@ -267,11 +309,12 @@ def render_split(output_dir: str | os.PathLike, num: int, seed: int, split_id: i
                 yield png, text
 
     jobs = _jobs(seed, split_id, num)
+    setup = (vocab, fonts, height, scene, corpus)
     if workers <= 1:
-        _init_worker(vocab, fonts, height)
+        _init_worker(*setup)
         write_lmdb(output_dir, samples(map(_render_chunk, jobs)), check_images=False, overwrite=overwrite)
     else:
-        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(vocab, fonts, height)) as pool:
+        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=setup) as pool:
             write_lmdb(output_dir, samples(pool.imap(_render_chunk, jobs)), check_images=False, overwrite=overwrite)
     return used
 
@@ -300,7 +343,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--height', type=int, default=32, help='image height in pixels')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--overwrite', action='store_true', help='replace existing train/test LMDBs')
+    parser.add_argument('--style', choices=('plain', 'scene'), default='plain',
+                        help='plain: a font on a plain, gradient or noise background; scene: tools/synth')
+    parser.add_argument('--feature', action='append', default=[], metavar='NAME=P',
+                        help='scene style: probability of one feature (repeatable; names in tools/synth/scene.py)')
+    parser.add_argument('--font_dirs', nargs='*', default=[], help='more folders to take fonts from')
+    parser.add_argument('--texture_dirs', nargs='*', default=list(TEXTURE_DIRS),
+                        help='scene style: folders of photographs and textures to cut surfaces from')
+    parser.add_argument('--real_crops', nargs='*', default=[],
+                        help='scene style: LMDBs of real training crops, used as surfaces and for colour pairs '
+                             '(never a test set)')
     return parser.parse_args(argv)
+
+
+def scene_setup(args: argparse.Namespace) -> tuple[SceneRenderer, Corpus | None]:
+    """The scene renderer and, unless a vocabulary was given, the common-word corpus."""
+    style = SceneStyle.parse(args.feature)
+    textures = load_textures(texture_files(args.texture_dirs))
+    crops = [img for path in args.real_crops for img in lmdb_images(path)]
+    renderer = SceneRenderer(style, textures, crops, colour_pairs(crops))
+    print(f'scene style: {len(textures)} textures, {len(crops)} real crops; {style}')
+    return renderer, None if args.vocab else Corpus(common_words())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,21 +384,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             vocab_rng = np.random.default_rng([args.seed, 2])
             vocab = make_vocabulary(args.vocab_size, args.min_len, args.max_len, vocab_rng, args.vocab_kind)
-        fonts = find_fonts()
+        fonts = find_fonts(args.font_dirs)
         if not fonts:
             raise ValueError('no usable TTF/OTF font found (looked in matplotlib and /usr/share/fonts)')
         if args.vocab_out:
             Path(args.vocab_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.vocab_out).write_text(''.join(w + '\n' for w in vocab), encoding='utf-8')
+        scene, corpus = scene_setup(args) if args.style == 'scene' else (None, None)
         used: Counter = Counter()
         for split_id, (split, num) in enumerate((('train', args.num_train), ('test', args.num_test))):
             used += render_split(output / split, num, args.seed, split_id, vocab, fonts, args.height, args.workers,
-                                 args.overwrite)
+                                 args.overwrite, scene, corpus)
             print(f'wrote {num} images to {output / split}')
     except (ValueError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f'vocabulary: {len(vocab)} words' + (f' (written to {args.vocab_out})' if args.vocab_out else ''))
+    if corpus is not None:
+        print(f'text: {len(corpus.words)} common English words, random strings and numbers')
+    else:
+        print(f'vocabulary: {len(vocab)} words' + (f' (written to {args.vocab_out})' if args.vocab_out else ''))
     print(f'fonts used ({len(fonts)}):')
     for i, path in enumerate(fonts):
         print(f'  {used[i]:7d}  {path}')

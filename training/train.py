@@ -210,8 +210,8 @@ def training_callbacks(config: Config, env: DistEnv, *, learn: Learner, loaders:
         NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
                             config.optimizer_scheduler_gamma, point.iteration, loaders.iters_per_epoch,
-                            warmup_iters=config.optimizer_scheduler_warmup_iters, epochs=config.training_epochs,
-                            logger=logger)]
+                            warmup_iters=config.optimizer_scheduler_warmup_iters,
+                            warmup_from=config.training_start_iters, epochs=config.training_epochs, logger=logger)]
     if config.optimizer_clip_grad:
         callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
     if is_conclr(unwrap(learn.model)):

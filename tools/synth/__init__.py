@@ -1,0 +1,1 @@
+"""Scene-like word renders: the text (corpus), the surfaces (textures and colours), the text layer, degradation."""
