@@ -127,6 +127,10 @@ def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resum
     """Step 4: the model with the resumed weights, in the memory format training uses."""
     model = build_model(config)
     resume.restore_model(model)
+    starts = [f'{key} {path}' for key, path in (('model.vision.checkpoint', config.model_vision_checkpoint),
+                                                 ('model.checkpoint', config.model_checkpoint)) if path]
+    if starts and resume.path is None:
+        logger.info(f'starting from the weights of {" and ".join(starts)} (fresh optimiser)')
     logger.info(f'model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters')
     if config.training_channels_last:
         if device.type == 'cuda':
