@@ -98,8 +98,9 @@ METRIC_KEYS = (
     'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
     *(f'learner.{tag}.{m}' for tag in ('abinet', 'conclr')
       for m in ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')),
+    'render.plain.img_s', 'render.scene.img_s', 'render.scene.core_share',
 )
-SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo', 'learner')
+SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo', 'learner', 'render')
 PRECISION_SECTIONS = ('train.', 'infer.', 'flops.matmul', 'loss.', 'loader.workers_needed')
 # Rows only a CUDA run has (per precision, with the suffix): peak memory and the data-sheet utilisation.
 CUDA_METRIC_KEYS = ('train.abinet.peak_gib', 'train.conclr.peak_gib', 'train.abinet.mfu_datasheet@bf16')
@@ -1158,6 +1159,49 @@ def section_learner(s: Settings, report: Report) -> None:
         free_device_memory(s.device)
 
 
+def section_render(s: Settings, report: Report, train: dict[str, TrainResult] | None = None) -> None:
+    """7. Synthetic renders per second on one core (plain and scene style, PNG encoding included) against the
+    images per second the quarter-width ABINet-Vision step consumes: whether data can be rendered on the fly."""
+    import cv2
+    import matplotlib
+
+    from tools.render_synthetic import find_fonts, render_word
+    from tools.synth.corpus import Corpus, common_words
+    from tools.synth.scene import SceneRenderer
+    from tools.synth.textures import load_textures, texture_files
+
+    if s.quick:  # seconds: one font, one made-up texture, a few words
+        fonts = [os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data', 'fonts', 'ttf', 'DejaVuSans.ttf')]
+        textures = [np.random.default_rng(0).integers(0, 256, (64, 256, 3), dtype=np.uint8)]
+        corpus, count = Corpus(['street', 'open', 'exit']), 20
+    else:
+        fonts = find_fonts(['data/render_assets/fonts'])
+        textures, corpus, count = load_textures(texture_files()), Corpus(common_words()), 400
+    scene = SceneRenderer(textures=textures)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one core's rate: OpenCV would otherwise spread a resize over every core
+    rates = {}
+    try:
+        for style in ('plain', 'scene'):
+            rng = np.random.default_rng(0)
+            start = time.perf_counter()
+            for _ in range(count):
+                text, font = corpus.sample(rng), fonts[rng.integers(len(fonts))]
+                img = scene.render(text, font, rng) if style == 'scene' else render_word(text, font, rng)
+                cv2.imencode('.png', img)
+            rates[style] = count / (time.perf_counter() - start)
+            report.add(f'render.{style}.img_s', f'{style} renders on one core', rates[style], 'img/s',
+                       note=f'{count} renders, {len(fonts)} fonts, {len(scene.textures)} textures, PNG encoded')
+    finally:
+        cv2.setNumThreads(threads)
+    step = (train or {}).get('amp_off')
+    if step is not None:
+        consumed = step.batch / step.step_s['abinet']
+        report.add('render.scene.core_share', 'share of one core to render on the fly', consumed / rates['scene'],
+                   'cores', note=f'ABINet-Vision consumes {consumed:.0f} img/s ({s.config_path or s.size}); '
+                                 'rendered ahead, each image is drawn once for every epoch it serves')
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 
@@ -1288,6 +1332,8 @@ def run_sections(s: Settings, sections: set[str], report: Report) -> None:
         section_demo(s, report)
     if 'learner' in sections:
         section_learner(s, report)
+    if 'render' in sections:
+        section_render(s, report, train)
 
 
 def run(argv: list[str] | None = None) -> Report:
