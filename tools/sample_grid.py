@@ -1,7 +1,7 @@
 """Draw a picture grid of labelled word images from LMDBs, one column per LMDB, to compare data sets by eye.
 
     python -m tools.sample_grid --lmdb data/scene300k/train ../shared/training/IC15_train --rows 12 \
-        --output docs/images/renders_vs_real.png
+        --titles 'scene renders' 'IC15_train (real)' --output docs/images/renders_vs_real.png
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--lmdb', nargs='+', required=True, help='LMDBs to sample, one column each')
     parser.add_argument('--rows', type=int, default=12)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--titles', nargs='*', default=None, help='column titles (default: the LMDB paths)')
     parser.add_argument('--output', required=True, help='PNG to write')
     args = parser.parse_args(argv)
     try:
@@ -68,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    titles = [os.path.normpath(p).replace('../shared/', '') for p in args.lmdb]
+    if args.titles is not None and len(args.titles) != len(args.lmdb):
+        print(f'error: {len(args.titles)} --titles for {len(args.lmdb)} --lmdb columns', file=sys.stderr)
+        return 2
+    titles = args.titles or [os.path.normpath(p).replace('../shared/', '') for p in args.lmdb]
     os.makedirs(os.path.dirname(args.output) or '.', exist_ok=True)
     grid(columns, titles).save(args.output)
     print(f'wrote {args.output}')
