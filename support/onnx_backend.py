@@ -94,7 +94,7 @@ def cache_key(config: Config, checkpoints: Sequence[str | os.PathLike], quantize
            'config': graph_config(config), 'model_code': model_code_hash(), 'torch': torch.__version__}
     if quantize:
         key['onnxruntime'] = require_onnxruntime().__version__  # its quantisation tool writes the int8 graph
-    return key
+    return json.loads(json.dumps(key, sort_keys=True, default=str))  # as the sidecar stores it
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -173,8 +173,8 @@ def _valid_cache(graph: Path, sidecar: Path, key: dict[str, Any]) -> bool:
     """Whether the sidecar holds `key` and the graph file's sha256 (nothing else is trusted)."""
     try:
         meta = json.loads(sidecar.read_text(encoding='utf-8'))
-        return (isinstance(meta, dict) and meta.get('key') == json.loads(json.dumps(key, default=str))
-                and graph.is_file() and meta.get('onnx_sha256') == file_sha256(graph))
+        return (isinstance(meta, dict) and meta.get('key') == key and graph.is_file()
+                and meta.get('onnx_sha256') == file_sha256(graph))
     except (OSError, ValueError):
         return False
 
