@@ -288,3 +288,22 @@ def test_flag_misuse_is_one_line(tmp_path, capsys, tiny):
     assert 'runs on the CPU' in capsys.readouterr().err
     assert main.main(['--config', str(config_path), '--phase', 'train', '--backend', 'onnxruntime']) == 2
     assert 'for the test phase' in capsys.readouterr().err
+
+
+SAMPLES = REPO_ROOT.parent / 'shared' / 'samples' / 'abinet_demo'
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason='needs ../shared/samples/abinet_demo')
+@pytest.mark.parametrize('model', ['abinet_vision_quarter', 'conclr_vision_quarter'])
+def test_shipped_model_reads_the_demo_photographs_alike_in_both_backends(tmp_path, capsys, model):
+    checkpoint = tmp_path / f'{model}.pth'  # a copy: the cache is written beside it, not into checkpoints/
+    checkpoint.write_bytes((REPO_ROOT / 'checkpoints' / f'{model}.pth').read_bytes())
+    printed = {}
+    for backend in ('pytorch', 'onnxruntime'):
+        status = demo.main([f'--config={REPO_ROOT / "checkpoints" / f"{model}.yaml"}', f'--input={SAMPLES}',
+                            f'--checkpoint={checkpoint}', '--image_only', '--backend', backend])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        printed[backend] = captured.out
+    assert len(printed['pytorch'].splitlines()) == len(list(SAMPLES.glob('*.png')))
+    assert printed['onnxruntime'] == printed['pytorch']
