@@ -245,9 +245,7 @@ def _load_cached(graph: Path, sidecar: Path, key: dict[str, Any], image_size: tu
         return None
     try:
         return _session_or_error(graph, image_size)
-    except OnnxBackendError as e:
-        if 'not installed' in str(e):
-            raise
+    except OnnxBackendError:
         return None
 
 
@@ -277,6 +275,9 @@ def onnx_model(model: nn.Module, config: Config, checkpoints: str | os.PathLike 
     folder = home
     if not can_write(home):
         folder = user_cache_dir()
+        if not can_write(folder):
+            raise OnnxBackendError(f'--backend onnxruntime: neither {home} nor {folder} is writable; the exported '
+                                   'graph has nowhere to go')
         log(f'onnxruntime: {home} is not writable; caching the exported graph in {folder}')
     graph, sidecar = cache_paths(folder, paths[-1], key)
     sidecar.unlink(missing_ok=True)  # a graph without its sidecar is never trusted, even if a build stops midway

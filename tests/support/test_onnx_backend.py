@@ -206,6 +206,13 @@ def test_read_only_checkpoint_folder_falls_back_to_the_user_cache(tiny, tmp_path
     assert build(config_path, checkpoint, lines=lines).path == ort.path and 'cached graph' in lines[-1]
 
 
+def test_nowhere_to_write_is_one_line(tiny, monkeypatch):
+    config_path, checkpoint, _ = tiny
+    monkeypatch.setattr(onnx_backend, 'can_write', lambda folder: False)
+    with pytest.raises(onnx_backend.OnnxBackendError, match='neither .* nor .* is writable'):
+        build(config_path, checkpoint)
+
+
 def test_threads_follow_torch(monkeypatch):
     threads = torch.get_num_threads()
     try:
