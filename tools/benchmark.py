@@ -21,6 +21,7 @@ import contextlib
 import copy
 import gc
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -96,7 +97,7 @@ METRIC_KEYS = (
     'loader.aug.img_s', 'loader.noaug.img_s', 'loader.official.abinet.step_s', 'loader.official.conclr.step_s',
     'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio', 'loader.workers_needed',
     'infer.b1.img_s', 'infer.b64.img_s', 'infer.ratio',
-    'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
+    'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio', 'demo.ort.b1.img_s', 'demo.ort.b64.img_s',
     *(f'learner.{tag}.{m}' for tag in ('abinet', 'conclr')
       for m in ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')),
 )
@@ -911,6 +912,8 @@ def section_demo(s: Settings, report: Report) -> None:
         for key, label in keys:
             report.add(key, label, None, 'img/s' if key != 'demo.ratio' else 'x',
                        ('>=', 3) if key == 'demo.ratio' else None, note=reason)
+        for key, b in (('demo.ort.b1.img_s', small), ('demo.ort.b64.img_s', large)):
+            report.add(key, f'demo --backend onnxruntime batch {b}', None, 'img/s', note=reason)
         return
 
     from support.checkpoint import save_checkpoint
@@ -928,20 +931,36 @@ def section_demo(s: Settings, report: Report) -> None:
         checkpoint = save_checkpoint(tmp / 'model.pth', build_model(config))
         config_file = tmp / 'benchmark.yaml'
         config_file.write_text(_yaml_of(config), encoding='utf-8')
-        rates = {}
-        for b in (small, large):
-            argv = _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
-                              output=tmp / f'out_{b}')
+        def timed(argv: list[str]) -> float:
             with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
                 start = time.perf_counter()
                 status = demo_main(argv)
-                rates[b] = count / (time.perf_counter() - start)
+                seconds = time.perf_counter() - start
             if status not in (0, None):
                 raise RuntimeError(f'demo.main({argv}) returned {status}')
+            return count / seconds
+
+        def argv_of(b: int, *extra: str) -> list[str]:
+            return _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
+                              output=tmp / f'out_{b}') + list(extra)
+
+        rates = {b: timed(argv_of(b)) for b in (small, large)}
         note = f'{count} images ({s.demo_copies} copies of {len(samples)}), includes model loading'
         report.add(keys[0][0], keys[0][1], rates[small], 'img/s', note=note)
         report.add(keys[1][0], keys[1][1], rates[large], 'img/s')
         report.add(keys[2][0], keys[2][1], rates[large] / rates[small], 'x', ('>=', 3))
+        ort_reason = ('skipped: demo.py has no --backend' if '--backend' not in flags else
+                      'skipped: ONNX Runtime runs on the CPU' if s.device.type != 'cpu' else
+                      'skipped: onnxruntime is not installed' if importlib.util.find_spec('onnxruntime') is None
+                      else '')
+        ort_rates: dict[int, float | None] = {small: None, large: None}
+        if not ort_reason:
+            timed(argv_of(large, '--backend', 'onnxruntime'))  # exports and caches the graph, untimed
+            ort_rates = {b: timed(argv_of(b, '--backend', 'onnxruntime')) for b in (small, large)}
+        report.add('demo.ort.b1.img_s', f'demo --backend onnxruntime batch {small}', ort_rates[small], 'img/s',
+                   note=ort_reason or 'cached graph; includes model loading and the cache check')
+        report.add('demo.ort.b64.img_s', f'demo --backend onnxruntime batch {large}', ort_rates[large], 'img/s',
+                   note=ort_reason)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

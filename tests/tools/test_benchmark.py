@@ -68,7 +68,8 @@ def test_quick_mode_reports_every_metric(tmp_path, capsys):
 def test_demo_missing_gives_skipped_rows(monkeypatch):
     monkeypatch.setattr(B, '_demo_main', lambda: None)
     report = B.run(['--quick', '--sections', 'demo'])
-    assert [r.key for r in report.rows] == ['demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio']
+    assert [r.key for r in report.rows] == ['demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio', 'demo.ort.b1.img_s',
+                                            'demo.ort.b64.img_s']
     assert all(r.value is None and r.status == 'SKIP' and r.note == 'skipped: demo.py missing' for r in report.rows)
 
 
