@@ -105,6 +105,13 @@ def test_test_phase_with_onnxruntime_writes_pytorchs_predictions_and_table(tmp_p
     assert float(ort_row['eval loss']) == pytest.approx(float(torch_row['eval loss']), abs=1e-4)
     assert 'in ONNX Runtime' in (tmp_path / 'workdir' / 'onnxruntime' / 'test.txt').read_text()
     assert cached_graphs(tmp_path) and not cached_graphs(root)
+    # int8 runs through the same path and writes a table of the same shape
+    assert main.main(['--config', str(config_path), '--phase', 'test', '--checkpoint', str(checkpoint), '--image_only',
+                      '--backend', 'onnxruntime', '--quantize', 'int8', '--name', 'int8']) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'workdir' / 'int8' / 'test_results.csv')))
+    assert [r['dataset'] for r in rows] == ['rendered'] and rows[0]['samples'] == torch_row['samples']
+    assert 'in ONNX Runtime (int8)' in (tmp_path / 'workdir' / 'int8' / 'test.txt').read_text()
+    assert len(cached_graphs(tmp_path)) == 2
 
 
 def test_demo_prints_the_same_with_either_backend(tmp_path, capsys):
