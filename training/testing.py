@@ -60,6 +60,8 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     learn = build_learner(config, model, first, first, device)
     if amp and backend == 'pytorch':
         learn.callbacks.append(MixedPrecision(learn, amp, device.type))
+    elif amp:
+        logger.info(f'training.amp {config.training_amp} does not apply: ONNX Runtime runs the float32 graph')
     if env.is_main:
         set_aside_previous_results(config.workdir, logger)
     results = []
