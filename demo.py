@@ -23,6 +23,7 @@ from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
 from support.checkpoint import CheckpointError
 from support.inference import InferenceError, load_inference_model, select_device
+from support.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError, OrtVision, onnx_model
 from support.pictures import attention_maps, attention_picture, save_rgb
 from utils import CharsetMapper, Config, ConfigError, tune_malloc
 
@@ -46,6 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--output', type=str, default=None, help='folder of the attention pictures '
                         '(default <global.workdir>/<global.name>/demo)')
     parser.add_argument('--batch_size', type=int, default=BATCH_SIZE, help='images per forward pass')
+    parser.add_argument('--backend', type=str, default='pytorch', choices=BACKENDS,
+                        help='what runs the model: PyTorch, or ONNX Runtime on the CPU (the graph is exported once per '
+                        'checkpoint and cached beside it)')
+    parser.add_argument('--quantize', type=str, default=None, choices=QUANTIZE,
+                        help='with --backend onnxruntime: int8 weights for the matrix products (dynamic quantisation)')
     return parser.parse_args(argv)
 
 
@@ -131,7 +137,7 @@ def picture_name(path: str, used: set[str]) -> str:
 
 
 @torch.no_grad()
-def run_demo(model: BaseVision, config: Config, files: Sequence[str], charset: CharsetMapper,
+def run_demo(model: BaseVision | OrtVision, config: Config, files: Sequence[str], charset: CharsetMapper,
              device: torch.device, output: Path | None, batch_size: int = BATCH_SIZE) -> list[tuple[str, str, float]]:
     """Recognise `files` in batches, print one line per readable image and, unless `output` is None, write
     its attention picture there; returns (path, prediction, confidence) per readable image."""
@@ -162,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model_eval != 'vision':
             raise InferenceError(f"--model_eval {args.model_eval}: only 'vision' exists in this project (it holds the "
                             'ABINet vision model, not the language or alignment models)')
+        if args.backend == 'onnxruntime' and args.cuda >= 0:
+            raise InferenceError(f'--backend onnxruntime runs on the CPU; leave out --cuda {args.cuda}')
+        if args.quantize and args.backend != 'onnxruntime':
+            raise InferenceError(f'--quantize {args.quantize} needs --backend onnxruntime')
         if args.batch_size < 1:
             raise InferenceError(f'--batch_size must be positive, got {args.batch_size}')
         config = Config(args.config)
@@ -172,14 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = select_device(args.cuda)
         files = find_files(args.input)
         charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
-        model = load_inference_model(config, checkpoint_paths(config, args.checkpoint), device, log=note)
+        checkpoints = checkpoint_paths(config, args.checkpoint)
+        model = load_inference_model(config, checkpoints, device, log=note)
+        if args.backend == 'onnxruntime':
+            model = onnx_model(model, config, checkpoints, args.quantize, log=note)
         output = None if args.image_only else Path(args.output) if args.output else config.workdir / 'demo'
         results = run_demo(model, config, files, charset, device, output, args.batch_size)
         if not results:
             raise InferenceError(f'no readable image among the {len(files)} file(s) of --input {args.input}')
         if output is not None:
             print(f'attention pictures of {len(results)} image(s) written to {output}', file=sys.stderr)
-    except (InferenceError, ConfigError, CheckpointError, OSError, ValueError) as e:
+    except (InferenceError, ConfigError, CheckpointError, OnnxBackendError, OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,7 @@ from dataset import DatasetError, one_line_error, process_rank
 from support.checkpoint import CheckpointError
 from support.distributed import cleanup_distributed, is_distributed, launched_by_torchrun, setup_distributed
 from support.launcher import launch, process_count, report_error
+from support.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError
 from support.stop_signal import Interrupted, StopSignal, resume_command, signal_name
 from training.builders import build_learner, build_model, is_conclr
 from training.testing import checkpoint_to_test, test
@@ -48,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--model_eval', type=str, default='vision', help="output to evaluate ('vision')")
     parser.add_argument('--image_only', action='store_true', help='test phase: no attention pictures')
     parser.add_argument('--debug', action='store_true', help='no worker processes, log every iteration')
+    parser.add_argument('--backend', type=str, default='pytorch', choices=BACKENDS,
+                        help='test phase: what runs the model, PyTorch or ONNX Runtime on the CPU (exported once per '
+                        'checkpoint, cached beside it)')
+    parser.add_argument('--quantize', type=str, default=None, choices=QUANTIZE,
+                        help='test phase with --backend onnxruntime: int8 matrix products (dynamic quantisation)')
     parser.add_argument('--model_strict', action='store_false',
                         help='as in ABINet: passing this flag turns strict checkpoint loading OFF')
     return parser.parse_args(argv)
@@ -71,6 +77,10 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.debug:
         config.dataset_num_workers = 0
         config.training_show_iters = 1
+    if args.quantize and args.backend != 'onnxruntime':
+        raise ConfigError(f'--quantize {args.quantize} needs --backend onnxruntime')
+    if args.backend != 'pytorch' and config.global_phase != 'test':
+        raise ConfigError(f'--backend {args.backend} is for the test phase (--phase test); training runs PyTorch')
     if args.model_eval not in MODEL_EVALS:
         raise ConfigError(f'--model_eval {args.model_eval!r}: only {MODEL_EVALS} exist here (this project holds '
                           'the ABINet vision model, not the language or alignment models)')
@@ -120,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             if config.global_phase == 'train':
                 train(config, env.device, env, stop=stop)
             else:
-                test(config, env.device, image_only=args.image_only, env=env)
+                test(config, env.device, image_only=args.image_only, env=env, backend=args.backend,
+                     quantize=args.quantize)
         failed = False
     except Interrupted as e:
         failed = False  # every rank agreed to stop at the same step: the group ends normally
         if (env.rank if env is not None else process_rank()) == 0:
             print(interrupt_line(e, sys.argv if argv is None else [__file__, *argv]), file=sys.stderr)
         return e.exit_status
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as e:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError, OnnxBackendError) as e:
         report_error(one_line_error(e), env.rank if env is not None else process_rank())
         return 2
     finally:

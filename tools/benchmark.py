@@ -6,6 +6,7 @@ the fastai Learner's own overhead per training step.
     python -m tools.benchmark --size official --batch 384 --device cuda --fit_batch --channels_last \
         --cudnn_benchmark --infer_batch 384 --output gpu.json     # the GPU rows (tools/gpu_check.sh runs this)
     python -m tools.benchmark --sections learner --threads 1    # Learner vs plain PyTorch loop, quarter width
+    python -m tools.benchmark --sections onnx --official ../ABINet --onnx_profile   # PyTorch vs ONNX Runtime
 
 Measures on the machine at hand, prints one table (metric, value, target, PASS/FAIL, note) and saves it as JSON.
 Timings are medians over repeated runs after warm-up; targets are checked here, never in the tests.
@@ -20,6 +21,7 @@ import contextlib
 import copy
 import gc
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -95,12 +97,12 @@ METRIC_KEYS = (
     'loader.aug.img_s', 'loader.noaug.img_s', 'loader.official.abinet.step_s', 'loader.official.conclr.step_s',
     'loader.consumption.img_s', 'loader.core_share.img_s', 'loader.ratio', 'loader.workers_needed',
     'infer.b1.img_s', 'infer.b64.img_s', 'infer.ratio',
-    'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio',
+    'demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio', 'demo.ort.b1.img_s', 'demo.ort.b64.img_s',
     *(f'learner.{tag}.{m}' for tag in ('abinet', 'conclr')
       for m in ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')),
     'render.plain.img_s', 'render.scene.img_s', 'render.scene.core_share',
 )
-SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo', 'learner', 'render')
+SECTIONS = ('train', 'conaug', 'clr', 'losses', 'loader', 'infer', 'demo', 'learner', 'onnx', 'render')
 PRECISION_SECTIONS = ('train.', 'infer.', 'flops.matmul', 'loss.', 'loader.workers_needed')
 # Rows only a CUDA run has (per precision, with the suffix): peak memory and the data-sheet utilisation.
 CUDA_METRIC_KEYS = ('train.abinet.peak_gib', 'train.conclr.peak_gib', 'train.abinet.mfu_datasheet@bf16')
@@ -407,6 +409,10 @@ class Settings:
     loss_steps: int = 10
     loss_batch: int = 64
     learner_rounds: int = 3
+    onnx_sizes: tuple[str, ...] = ('quarter', 'official')
+    onnx_batches: tuple[int, ...] = (1, 32)
+    official_root: str | None = None
+    onnx_profile: bool = False
 
 
 @dataclass
@@ -907,6 +913,8 @@ def section_demo(s: Settings, report: Report) -> None:
         for key, label in keys:
             report.add(key, label, None, 'img/s' if key != 'demo.ratio' else 'x',
                        ('>=', 3) if key == 'demo.ratio' else None, note=reason)
+        for key, b in (('demo.ort.b1.img_s', small), ('demo.ort.b64.img_s', large)):
+            report.add(key, f'demo --backend onnxruntime batch {b}', None, 'img/s', note=reason)
         return
 
     from support.checkpoint import save_checkpoint
@@ -924,20 +932,36 @@ def section_demo(s: Settings, report: Report) -> None:
         checkpoint = save_checkpoint(tmp / 'model.pth', build_model(config))
         config_file = tmp / 'benchmark.yaml'
         config_file.write_text(_yaml_of(config), encoding='utf-8')
-        rates = {}
-        for b in (small, large):
-            argv = _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
-                              output=tmp / f'out_{b}')
+        def timed(argv: list[str]) -> float:
             with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
                 start = time.perf_counter()
                 status = demo_main(argv)
-                rates[b] = count / (time.perf_counter() - start)
+                seconds = time.perf_counter() - start
             if status not in (0, None):
                 raise RuntimeError(f'demo.main({argv}) returned {status}')
+            return count / seconds
+
+        def argv_of(b: int, *extra: str) -> list[str]:
+            return _demo_argv(s, flags, config_file=config_file, folder=folder, batch=b, checkpoint=checkpoint,
+                              output=tmp / f'out_{b}') + list(extra)
+
+        rates = {b: timed(argv_of(b)) for b in (small, large)}
         note = f'{count} images ({s.demo_copies} copies of {len(samples)}), includes model loading'
         report.add(keys[0][0], keys[0][1], rates[small], 'img/s', note=note)
         report.add(keys[1][0], keys[1][1], rates[large], 'img/s')
         report.add(keys[2][0], keys[2][1], rates[large] / rates[small], 'x', ('>=', 3))
+        ort_reason = ('skipped: demo.py has no --backend' if '--backend' not in flags else
+                      'skipped: ONNX Runtime runs on the CPU' if s.device.type != 'cpu' else
+                      'skipped: onnxruntime is not installed' if importlib.util.find_spec('onnxruntime') is None
+                      else '')
+        ort_rates: dict[int, float | None] = {small: None, large: None}
+        if not ort_reason:
+            timed(argv_of(large, '--backend', 'onnxruntime'))  # exports and caches the graph, untimed
+            ort_rates = {b: timed(argv_of(b, '--backend', 'onnxruntime')) for b in (small, large)}
+        report.add('demo.ort.b1.img_s', f'demo --backend onnxruntime batch {small}', ort_rates[small], 'img/s',
+                   note=ort_reason or 'cached graph; includes model loading and the cache check')
+        report.add('demo.ort.b64.img_s', f'demo --backend onnxruntime batch {large}', ort_rates[large], 'img/s',
+                   note=ort_reason)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1202,6 +1226,157 @@ def section_render(s: Settings, report: Report, train: dict[str, TrainResult] | 
                                  'rendered ahead, each image is drawn once for every epoch it serves')
 
 
+# ----------------------------------------------------------------------------------------------- onnx
+
+
+ORT_TARGETS = {1: 2.0, 32: 1.5}  # issue 37: ONNX Runtime float32, full size, over official ABINet eager, by batch
+PROFILE_TOP = 5  # operator types listed by the profile; the rest are summed as 'other'
+SIZE_LABELS = {'tiny': 'tiny', 'quarter': 'quarter width', 'official': 'full size'}
+
+
+def ort_forward(session: Any, images: torch.Tensor) -> Callable[[], Any]:
+    """One ONNX Runtime call on a fixed batch (the backend's own array conversion included)."""
+    from support.onnx_backend import OrtVision
+
+    model = OrtVision(session)
+    return lambda: model(images)
+
+
+def default_ort_session(path: Path, threads: int) -> Any:
+    """A session with onnxruntime's default options except the thread count (what the backend's options buy)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
+
+
+def extended_ort_session(path: Path, threads: int) -> Any:
+    """The backend's session options with graph optimisation ORT_ENABLE_EXTENDED: every fusion, but not the
+    NCHWc layout transformation of ORT_ENABLE_ALL (which adds ReorderInput / ReorderOutput nodes)."""
+    import onnxruntime
+
+    from support.onnx_backend import session_options
+
+    options = session_options(threads)
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
+
+
+def ort_profile_shares(path: Path, images: torch.Tensor, threads: int, calls: int, folder: Path) -> dict[str, float]:
+    """Share (%) of ONNX Runtime's kernel time per operator type over `calls` runs of the graph at `path`."""
+    import onnxruntime
+
+    from support.onnx_backend import OrtVision, session_options
+
+    options = session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / 'ort_profile')
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
+    model = OrtVision(session)
+    for _ in range(calls):
+        model(images)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get('cat') == 'Node' and str(event.get('name', '')).endswith('_kernel_time'):
+            op = event.get('args', {}).get('op_name', '?')
+            totals[op] = totals.get(op, 0.0) + float(event.get('dur', 0))
+    whole = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    shares = {op: 100 * t / whole for op, t in ranked[:PROFILE_TOP]}
+    if len(ranked) > PROFILE_TOP:
+        shares['other'] = 100 * sum(t for _, t in ranked[PROFILE_TOP:]) / whole
+    return shares
+
+
+def official_eager(s: Settings, model: nn.Module, config: Config) -> nn.Module | None:
+    """Official ABINet-Vision with `model`'s weights (logits checked equal), or None without --official."""
+    if s.official_root is None:
+        return None
+    if s.official_size != 'official':
+        raise BenchmarkError('--official: official ABINet-Vision is full size; leave out --quick')
+    from tools.official_abinet import load_official  # imports this module: loaded here, not at the top
+
+    official, _ = load_official(s.official_root, config.dataset_charset_path)
+    official.load_state_dict(model.state_dict())
+    probe = torch.randn(2, 3, config.dataset_image_height, config.dataset_image_width)
+    with torch.no_grad():
+        torch.testing.assert_close(official.eval()(probe)['logits'], model(probe)['logits'], rtol=1e-4, atol=1e-4)
+    return official
+
+
+def section_onnx(s: Settings, report: Report) -> None:
+    """6. Images/s of the vision model in PyTorch eager, ONNX Runtime float32 (the backend's session options and
+    onnxruntime's defaults) and int8, per model size and batch, timed in alternation; official ABINet eager at
+    full size with --official."""
+    if s.device.type != 'cpu':
+        report.add('onnx.skipped', 'onnx section', None, note='skipped: ONNX Runtime runs on the CPU (--device cpu)')
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        report.add('onnx.skipped', 'onnx section', None, note='skipped: onnxruntime is not installed')
+        return
+    from support.onnx_backend import create_session, quantize_int8
+    from support.onnx_export import export_onnx
+
+    threads = torch.get_num_threads()
+    for size in s.onnx_sizes:
+        shown = SIZE_LABELS[size]
+        config = model_config(ABINET, size)
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        image_size = (config.dataset_image_height, config.dataset_image_width)
+        official = official_eager(s, model, config) if size == s.official_size else None
+        with tempfile.TemporaryDirectory(prefix='benchmark_onnx_') as tmp:
+            f32 = export_onnx(model, Path(tmp) / 'f32.onnx', image_size)
+            int8 = quantize_int8(f32, Path(tmp) / 'int8.onnx')
+            sessions = {'ort': create_session(f32, threads), 'ort_default': default_ort_session(f32, threads),
+                        'ort_extended': extended_ort_session(f32, threads), 'ort_int8': create_session(int8, threads)}
+            probe = torch.randn(3, 3, *image_size, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                ref = model(probe)['logits']
+            diff = float((ort_forward(sessions['ort'], probe)()['logits'] - ref).abs().max())
+            report.add(f'onnx.{size}.logits_rel_diff', f'{shown}: ORT float32 logits vs PyTorch',
+                       diff / max(float(ref.abs().max()), 1e-12), 'rel', ('<=', 1e-4),
+                       note=f'largest abs difference / largest abs logit; {threads} threads for both')
+            for b in s.onnx_batches:
+                images = torch.randn(b, 3, *image_size)
+                fns = {'torch': forward_only_fn(model, images),
+                       **{name: ort_forward(session, images) for name, session in sessions.items()}}
+                if official is not None:
+                    fns['abinet'] = forward_only_fn(official, images)
+                repeats = s.infer_repeats if b == 1 else max(2, s.steps)
+                times = interleaved_medians(fns, repeats, 1, s.device)
+                rate = {name: b / t for name, t in times.items()}
+                labels = {'torch': 'PyTorch eager', 'ort': 'ORT float32', 'ort_default': 'ORT float32, default options',
+                          'ort_extended': 'ORT float32, no NCHWc layout (ENABLE_EXTENDED)',
+                          'ort_int8': 'ORT int8 (dynamic)', 'abinet': 'official ABINet eager'}
+                for name in fns:
+                    report.add(f'onnx.{size}.b{b}.{name}.img_s', f'{shown} batch {b}: {labels[name]}', rate[name],
+                               'img/s', note='eval mode; alternating, medians' if name == 'torch' else '')
+                report.add(f'onnx.{size}.b{b}.ort_vs_torch', f'{shown} batch {b}: ORT float32 / PyTorch',
+                           rate['ort'] / rate['torch'], 'x')
+                if official is not None:
+                    target = ORT_TARGETS.get(b)
+                    report.add(f'onnx.{size}.b{b}.ort_vs_abinet', f'{shown} batch {b}: ORT float32 / official ABINet',
+                               rate['ort'] / rate['abinet'], 'x', ('>=', target) if target else None)
+                if s.onnx_profile and b == max(s.onnx_batches):
+                    shares = ort_profile_shares(f32, images, threads, max(2, s.steps), Path(tmp))
+                    for op, share in shares.items():
+                        report.add(f'onnx.{size}.b{b}.profile.{op}', f'{shown} batch {b}: ORT time in {op}', share,
+                                   '%', note='ONNX Runtime profile, kernel time per operator type')
+
+
+def forward_only_fn(model: nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+    """An eval-mode, no-grad forward pass on a fixed batch."""
+    def run() -> Any:
+        with torch.no_grad():
+            return model(images)
+    return run
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 
@@ -1244,6 +1419,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--learner_rounds', type=int, default=None,
                    help='alternating rounds of the learner section, each --steps steps of both paths (default 3; '
                         '1 with --quick)')
+    p.add_argument('--onnx_sizes', nargs='+', choices=SIZES, default=None,
+                   help='model sizes of the onnx section (default quarter official; tiny with --quick)')
+    p.add_argument('--onnx_batches', nargs='+', type=int, default=None,
+                   help='batches of the onnx section (default 1 32; 1 4 with --quick)')
+    p.add_argument('--official', default=None, help='a checkout of FangShancheng/ABINet: the onnx section times '
+                   'official ABINet-Vision eager beside ONNX Runtime at full size (tools/official_abinet.py loads it)')
+    p.add_argument('--onnx_profile', action='store_true',
+                   help="onnx section: ONNX Runtime's own profile of the float32 graph, each operator type's share")
     p.add_argument('--no_malloc_tune', action='store_true',
                    help="keep glibc's default malloc (by default the benchmark tunes it as main.py does with "
                         'global.malloc_tune; --quick never tunes, as it runs inside the test process)')
@@ -1300,7 +1483,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         official_steps=1 if q else 2, infer_batches=(1, args.infer_batch or 64), infer_repeats=3 if q else 20,
         demo_copies=pick(args.demo_copies, 1, 16), quick=q, fit_batch=args.fit_batch,
         channels_last=args.channels_last, loss_steps=pick(args.loss_steps, 2, 10),
-        loss_batch=pick(args.loss_batch, 2, 64), learner_rounds=pick(args.learner_rounds, 1, 3))
+        loss_batch=pick(args.loss_batch, 2, 64), learner_rounds=pick(args.learner_rounds, 1, 3),
+        onnx_sizes=tuple(pick(args.onnx_sizes, ['tiny'], ['quarter', 'official'])),
+        onnx_batches=tuple(pick(args.onnx_batches, [1, 4], [1, 32])), official_root=args.official,
+        onnx_profile=args.onnx_profile)
 
 
 def run_sections(s: Settings, sections: set[str], report: Report) -> None:
@@ -1332,6 +1518,8 @@ def run_sections(s: Settings, sections: set[str], report: Report) -> None:
         section_demo(s, report)
     if 'learner' in sections:
         section_learner(s, report)
+    if 'onnx' in sections:
+        section_onnx(s, report)
     if 'render' in sections:
         section_render(s, report, train)
 

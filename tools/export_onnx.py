@@ -5,17 +5,15 @@
 
 Input `images` (N x 3 x H x W, ImageNet-normalised RGB); outputs `logits` (N x T x C), `attn_scores`
 (N x T x H/4 x W/4) and `pt_lengths` (N, int64). A ConCLR checkpoint loads with its projection head dropped.
-Uses torch's TorchScript-based exporter (`dynamo=False`), which needs no extra package.
+The export itself lives in support/onnx_export.py (demo.py and the test phase export through it too).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,59 +21,13 @@ from torch import nn
 
 from support.checkpoint import CheckpointError
 from support.inference import InferenceError, load_inference_model
+from support.onnx_export import EXPORT_BATCH, INPUT_NAME, OUTPUT_NAMES, OnnxVision, export_onnx
 from utils import Config, ConfigError
 
-INPUT_NAME = 'images'
-OUTPUT_NAMES = ('logits', 'attn_scores', 'pt_lengths')
-EXPORT_BATCH = 2
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
 # --check fails when an output's max abs difference exceeds this fraction of that output's largest PyTorch value
 # (float32 arithmetic in another order differs by about 1e-7 relative; a wrongly exported op by far more)
 TOLERANCE = 1e-4
-
-
-class OnnxVision(nn.Module):
-    """BaseVision's output dict as the tuple (logits, attn_scores, pt_lengths) an ONNX graph can return."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(images)
-        return out['logits'], out['attn_scores'], out['pt_lengths']
-
-
-@contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """Trace the plain nn.MultiheadAttention path, not the fused inference kernel."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-
-
-def export_onnx(model: nn.Module, output: str | Path, image_size: tuple[int, int], opset: int = 17,
-                batch_size: int = EXPORT_BATCH) -> Path:
-    """Write `model` (a BaseVision, in eval mode) as ONNX with a dynamic batch axis; image_size is (H, W)."""
-    import onnx
-
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = OnnxVision(model).eval()
-    example = torch.randn(batch_size, 3, *image_size)
-    dynamic = {name: {0: 'batch'} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
-        # nn.MultiheadAttention's checks of embedding sizes trace as constants; they do not involve the batch
-        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (example,), str(output), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
-                          do_constant_folding=True)
-    onnx.checker.check_model(str(output))
-    return output
 
 
 def run_onnx(path: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from support.checkpoint import CheckpointError
 from support.distributed import DistEnv, current_env, setup_rank_logger
 from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from support.memory_format import enable_cudnn_autotune
+from support.onnx_backend import OnnxBackendError, onnx_model
 from support.pictures import attention_maps, attention_picture, denormalize, save_rgb
 from training.builders import build_learner, build_model
 from training.loaders import test_loader
@@ -27,13 +28,16 @@ ATTENTION_PICTURES_PER_SET = 16
 
 
 def test(config: Config, device: torch.device, image_only: bool = False,
-         env: DistEnv | None = None) -> list[dict[str, Any]]:
+         env: DistEnv | None = None, backend: str = 'pytorch', quantize: str | None = None) -> list[dict[str, Any]]:
     """Evaluate every test root on its own and together; print and save the table and per-sample predictions.
 
     Under torchrun every process evaluates its share of each set; rank 0 writes the results, which equal a
-    single-process run's exactly.
+    single-process run's exactly. `backend` 'onnxruntime' runs the model's forward pass in ONNX Runtime (CPU;
+    `quantize` 'int8' for int8 matrix products); data, decoding, metrics and loss stay the same code.
     """
     env = env or current_env(device)
+    if backend == 'onnxruntime' and device.type != 'cpu':
+        raise OnnxBackendError(f'--backend onnxruntime runs on the CPU, not on {device}')
     best = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
     amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
@@ -44,14 +48,20 @@ def test(config: Config, device: torch.device, image_only: bool = False,
         config.model_checkpoint = str(best)
         logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
     model = build_model(config)
+    if backend == 'onnxruntime':
+        checkpoints = [p for p in (config.model_vision_checkpoint, config.model_checkpoint) if p]
+        model = onnx_model(model.eval(), config, checkpoints, quantize, log=logger.info)
     enable_cudnn_autotune(device)
     logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
-                + (f' with {env.world_size} processes' if env.distributed else ''))
+                + (f' with {env.world_size} processes' if env.distributed else '')
+                + ('' if backend == 'pytorch' else f' in ONNX Runtime{" (int8)" if quantize else ""}'))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}
     first = next(iter(loaders.values())).dl
     learn = build_learner(config, model, first, first, device)
-    if amp:
+    if amp and backend == 'pytorch':
         learn.callbacks.append(MixedPrecision(learn, amp, device.type))
+    elif amp:
+        logger.info(f'training.amp {config.training_amp} does not apply: ONNX Runtime runs the float32 graph')
     if env.is_main:
         set_aside_previous_results(config.workdir, logger)
     results = []

@@ -3,9 +3,11 @@
 No timing is asserted anywhere: the machine is shared and timings are noise here.
 """
 
+import copy
 import json
 import math
 import os
+import sys
 
 import matplotlib
 import pytest
@@ -66,7 +68,8 @@ def test_quick_mode_reports_every_metric(tmp_path, capsys):
 def test_demo_missing_gives_skipped_rows(monkeypatch):
     monkeypatch.setattr(B, '_demo_main', lambda: None)
     report = B.run(['--quick', '--sections', 'demo'])
-    assert [r.key for r in report.rows] == ['demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio']
+    assert [r.key for r in report.rows] == ['demo.b1.img_s', 'demo.b64.img_s', 'demo.ratio', 'demo.ort.b1.img_s',
+                                            'demo.ort.b64.img_s']
     assert all(r.value is None and r.status == 'SKIP' and r.note == 'skipped: demo.py missing' for r in report.rows)
 
 
@@ -113,3 +116,38 @@ def test_alternating_rounds_reverse_the_order_every_other_round_and_keep_each_ti
     times = B.alternating_rounds({'a': timer('a', 1.0), 'b': timer('b', 10.0)}, 3)
     assert calls == ['a', 'b', 'b', 'a', 'a', 'b']
     assert times == {'a': [1.0, 4.0, 5.0], 'b': [20.0, 30.0, 60.0]}
+
+
+# ------------------------------------------------------------------------------------ onnx section
+
+
+def test_onnx_section_rows_with_an_official_model(monkeypatch):
+    """PyTorch, the ORT variants and (with --official) official ABINet are timed at each batch; the float32 graph
+    matches PyTorch; the profile's shares add up to 100 %."""
+    seen = []
+
+    def official(s, model, config):  # stands in for tools.official_abinet's model with the same weights
+        seen.append(s.official_root)
+        return copy.deepcopy(model)
+
+    monkeypatch.setattr(B, 'official_eager', official)
+    report = B.run(['--quick', '--sections', 'onnx', '--official', 'checkout', '--onnx_profile'])
+    metrics = report.metrics
+    assert seen == ['checkout']
+    assert metrics['onnx.tiny.logits_rel_diff'] <= 1e-4
+    for b in (1, 4):
+        for name in ('torch', 'ort', 'ort_default', 'ort_extended', 'ort_int8', 'abinet'):
+            value = metrics[f'onnx.tiny.b{b}.{name}.img_s']
+            assert value is not None and math.isfinite(value) and value > 0, (b, name)
+        assert metrics[f'onnx.tiny.b{b}.ort_vs_torch'] > 0
+    rows = {r.key: r for r in report.rows}
+    assert rows['onnx.tiny.b1.ort_vs_abinet'].target == '>= 2' and rows['onnx.tiny.b4.ort_vs_abinet'].target == ''
+    shares = [v for k, v in metrics.items() if k.startswith('onnx.tiny.b4.profile.')]
+    assert len(shares) >= 2 and sum(shares) == pytest.approx(100.0)
+
+
+def test_onnx_section_without_onnxruntime_is_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    report = B.run(['--quick', '--sections', 'onnx'])
+    assert [(r.key, r.status, r.note) for r in report.rows] == [
+        ('onnx.skipped', 'SKIP', 'skipped: onnxruntime is not installed')]
