@@ -16,6 +16,7 @@ from tools.synth import degrade, text_layer
 from tools.synth.textures import LUMA, random_crop
 
 MIN_CONTRAST = 24  # luminance levels (0..255) between text and the surface under it; real crops go this low
+MIN_ASPECT = 0.4  # narrowest crop, as a fraction of its height
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ class SceneRenderer:
         left, right = (rng.uniform(-0.02, 0.35, 2) * h).round().astype(int)
         y0, y1 = max(0, y0 - top), min(img.shape[0], y1 + bottom)
         x0, x1 = max(0, x0 - left), min(img.shape[1], x1 + right)
+        short = int(np.ceil(MIN_ASPECT * (y1 - y0))) - (x1 - x0)
+        if short > 0:  # a lone narrow glyph (1, l, i): widen, or the data loader drops a crop a few pixels wide
+            x0, x1 = max(0, x0 - (short + 1) // 2), min(img.shape[1], x1 + (short + 1) // 2)
         return img[y0:y1, x0:x1]
 
     def _camera(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
