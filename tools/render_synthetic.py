@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dataset import DatasetError
 from tools.create_lmdb_dataset import write_lmdb
 from tools.synth.corpus import Corpus, common_words
 from tools.synth.scene import SceneRenderer, SceneStyle
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             used += render_split(output / split, num, args.seed, split_id, vocab, fonts, args.height, args.workers,
                                  args.overwrite, scene, corpus)
             print(f'wrote {num} images to {output / split}')
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, DatasetError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if corpus is not None:
