@@ -9,10 +9,13 @@ was moved with its bytes intact. docs/reference.md, "Reliability", lists the sam
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
 import signal
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +29,7 @@ import yaml
 
 import main
 from support.checkpoint import load_checkpoint
+from support.run_lock import LOCK_NAME
 from tests.cli_runner import Finished, Run, run
 from tests.helpers import TINY_VISION, free_port, render_lmdb
 from tools.create_lmdb_dataset import write_lmdb
@@ -215,6 +219,26 @@ def row_sigkill_during_a_save(case: Case) -> Row:
 
     return Row([target, ready], status=-signal.SIGKILL, script=str(script), lines=0, check=check,
                interrupt=(signal.SIGKILL, ready.exists))
+
+
+# ---- rows: runs that collide ----
+
+def row_stale_lock_of_a_crashed_run(case: Case) -> Row:
+    """A lock file left by a run that died (its pid no longer alive): taken over with one log line."""
+    run_dir = case.trained_run()
+    child = subprocess.Popen(['true'])
+    child.wait()
+    (run_dir / LOCK_NAME).write_text(json.dumps({'pid': child.pid, 'host': socket.gethostname(),
+                                                 'started': '2026-01-01 00:00:00'}))
+    path = case.config(lambda tree: tree['training'].update(max_iters=6))
+
+    def check(done: Finished) -> None:
+        line = f'took over the stale lock {run_dir / LOCK_NAME} of pid {child.pid} on host '
+        assert done.stdout.count(line) == 1 and line in (run_dir / 'train.txt').read_text()
+        assert 'training done at iter 6' in done.stdout
+        assert not (run_dir / LOCK_NAME).exists()  # released at the end
+
+    return Row(['--config', path, '--resume', run_dir], status=0, lines=0, check=check)
 
 
 # ---- rows: data ----
@@ -508,6 +532,8 @@ def _assert_nothing_lost(before: dict[Path, bytes], folders: list[Path]) -> None
     after = _snapshot(folders)
     digests = {hashlib.sha256(data).digest() for data in after.values()}
     for path, data in before.items():
+        if path.name == LOCK_NAME:
+            continue  # a dead run's lock file is there to be taken over
         if path in after and path.name in GROWING_LOGS:
             assert after[path].startswith(data), f'{path} lost earlier lines'
         elif path in after:
@@ -563,3 +589,46 @@ def test_row_sigint_to_one_rank_stops_every_rank(world, tmp_path):
     assert state['world_size'] == 2 and len(state['rng']) == 2
     assert line.startswith(f'SIGINT stopped the run at iteration {state["iteration"]}; saved ')
     assert f'--resume {run_dir}/run_{state["epoch"]}_{state["iteration"]}.pth' in line
+
+
+def _stopped_live_run(case: Case, tmp_path: Path) -> tuple[Run, Path]:
+    """A training run of `case` that has saved a checkpoint and a best one, then stopped (SIGSTOP) so that its files
+    hold still while a second run tries the same folder."""
+    path = case.config(lambda tree: tree['training'].update(max_iters=1000, eval_iters=2, save_iters=2))
+    first = Run('main.py', ['--config', path], tmp_path / 'first')
+    first.wait_for(_log_has(case.workdir / 'run' / 'train.txt', 'run_0_2.pth'))
+    first.signal_group(signal.SIGSTOP)
+    return first, path
+
+
+def _end_live_run(first: Run) -> None:
+    first.signal_group(signal.SIGCONT)
+    first.signal_group(signal.SIGINT)
+    assert first.finish().status == 130
+
+
+@pytest.mark.parametrize('how', ['same_name', 'resume_same_folder', 'resume_into_another_name'])
+def test_row_second_run_while_the_first_lives(how, world, tmp_path):
+    """Two trainings in one work directory (or resuming from a folder a live run writes): the second refuses with
+    one line naming the first (pid, host, start), and the first run's files stay as they were."""
+    case = Case(tmp_path / 'case', world)
+    case.folder.mkdir()
+    first, path = _stopped_live_run(case, tmp_path)
+    try:
+        run_dir = case.workdir / 'run'
+        before = _snapshot([case.folder])
+        argv = {'same_name': ['--config', path],
+                'resume_same_folder': ['--config', path, '--resume', run_dir],
+                'resume_into_another_name': ['--config', path, '--name', 'other', '--resume', run_dir]}[how]
+        done = run('main.py', argv, tmp_path / 'second')
+        line, = done.stderr.strip().splitlines()
+        assert done.status == 2 and 'Traceback' not in done.stderr + done.stdout
+        owner = f'pid {first.process.pid} on host {socket.gethostname()}, started '
+        if how == 'resume_into_another_name':
+            assert line.startswith(f'error: --resume {run_dir}: {run_dir} belongs to a live run ({owner}'), line
+            assert not (case.workdir / 'other' / 'train.txt').exists()
+        else:
+            assert line.startswith(f'error: work directory {run_dir} is in use by another run ({owner}'), line
+        assert _snapshot([case.folder]) == before  # nothing written, nothing lost
+    finally:
+        _end_live_run(first)
