@@ -53,6 +53,7 @@ from training.builders import build_learner, build_model, is_conclr
 from training.loaders import eval_dataloader, loader_seed, train_dataloader
 from training.resume import Resume
 from training.run_log import log_config_notes
+from training.validate import validate_config
 from utils import CharsetMapper, Config, seed_everything
 
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
@@ -104,6 +105,9 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
                     f'{global_batch} = {env.world_size} x {local_batch_size(global_batch, env.world_size)}')
     logger.info(f'training samples {len(data.train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(data.valid_set)} from {", ".join(data.test_sets)}')
+    for ds in data.test_sets.values():
+        if ds.missing_note() and env.is_main:
+            logger.warning(ds.missing_note())
     if len(data.train_set) < global_batch:
         raise DatasetError(f'{len(data.train_set)} training samples are fewer than one batch ({global_batch})')
     return logger
@@ -257,6 +261,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     checkpoint and raise Interrupted.
     """
     env = env or current_env(device)
+    validate_config(config)  # a config that cannot make a run is an error before any data opens
     amp_mode(config.training_amp)  # a bad value is an error before any data opens
     seed_everything(config.global_seed)
     data = open_data(config)
