@@ -58,11 +58,12 @@ def _halved(size: int, times: int) -> int:
     return size
 
 
-def _unet_fits(size: int, halvings: int) -> bool:
-    """Whether the position attention's key U-Net, halving a side `halvings` times and doubling it back with a skip
-    connection after each doubling, meets its skips at equal sizes."""
-    sizes = [_halved(size, k) for k in range(halvings + 1)]
-    return all(sizes[k + 1] * 2 == sizes[k] for k in range(1, halvings))
+def _unet_fits(side: int, halves_first: bool) -> bool:
+    """Whether the position attention's key U-Net meets its skip connections at equal sizes along a feature-map
+    side: its four encoder blocks halve the width every time and the height from the second block on (stride 2,
+    rounding up); the decoder doubles the last output three times, adding the block outputs in reverse order."""
+    outputs = [_halved(side, k + (1 if halves_first else 0)) for k in range(4)]
+    return all(outputs[k + 1] * 2 == outputs[k] for k in range(3))
 
 
 def check_geometry(config: Config, source: str = 'config') -> None:
@@ -89,11 +90,12 @@ def check_geometry(config: Config, source: str = 'config') -> None:
             raise ConfigError(f'{source}: {key} {size} must be a multiple of 4 (the ResNet halves it twice and '
                               f'the attention expects {size // 4} positions, it would give {_halved(size, 2)})')
     if config.model_vision_attention == 'position':
-        for key, size, halvings in (('dataset.image_height', height, 3), ('dataset.image_width', width, 4)):
-            if not _unet_fits(size // 4, halvings):
-                raise ConfigError(f'{source}: {key} {size} gives a feature map side of {size // 4} that '
-                                  f'{v}attention position cannot halve {halvings} times and double back (use a '
-                                  f'multiple of {4 * 2 ** (halvings - 1)}, e.g. {4 * 2 ** (halvings - 1) * 4})')
+        for key, size, halves_first, multiple in (('dataset.image_height', height, False, 32),
+                                                  ('dataset.image_width', width, True, 64)):
+            if not _unet_fits(size // 4, halves_first):
+                raise ConfigError(f'{source}: {key} {size} gives a feature map side of {size // 4} on which '
+                                  f'{v}attention position cannot halve and double back to the same sizes (a '
+                                  f'multiple of {multiple} works, e.g. {multiple * (1 + size // multiple)})')
 
 
 def optimizer_class(config: Config) -> type:
