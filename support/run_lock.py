@@ -100,9 +100,11 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 record = _read_record(path)
-                raise RunLockError(
-                    f'work directory {folder} is in use by another run ({describe_owner(record)}; lock file {path}): '
-                    'wait for it to end, or choose another --name') from None
+                gone = record.get('host') == socket.gethostname() and not pid_alive(int(record.get('pid') or 0))
+                hint = ('that process is gone but a child of it (a DataLoader worker) still holds the lock: try again '
+                        'in a few seconds' if gone else 'wait for it to end, or choose another --name')
+                raise RunLockError(f'work directory {folder} is in use by another run ({describe_owner(record)}; '
+                                   f'lock file {path}): {hint}') from None
             try:  # the holder before us may have removed the file between our open and our flock: start again
                 same = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:

@@ -49,3 +49,12 @@ def test_resume_from_a_live_runs_folder_is_refused(tmp_path):
             check_resume_source(tmp_path / 'first' / 'run_0_2.pth', tmp_path / 'second')
         check_resume_source(tmp_path / 'first', tmp_path / 'first')  # its own folder: the lock decides
     check_resume_source(tmp_path / 'first', tmp_path / 'second')  # the first run ended
+
+
+def test_a_lock_still_held_after_its_owner_died_says_so(tmp_path):
+    """A forked child (a DataLoader worker) may hold the flock for a moment after its parent was killed."""
+    with RunLock.acquire(tmp_path / 'run'):
+        dead = _dead_pid()
+        (tmp_path / 'run' / LOCK_NAME).write_text(json.dumps({'pid': dead, 'host': os.uname().nodename}))
+        with pytest.raises(RunLockError, match=f'pid {dead} .*that process is gone but a child of it'):
+            RunLock.acquire(tmp_path / 'run')
