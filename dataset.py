@@ -352,7 +352,10 @@ class ImageDataset(Dataset):
         index = self.lmdb_index(i)
         if not self.is_training:
             with open_lmdb(self.path).begin() as txn:
-                img = decode_image(self._get(txn, f'image-{index:09d}'))
+                data = self._get(txn, f'image-{index:09d}')
+            if data is None:
+                raise DatasetError(f'{self.path}: sample {index} has a label but no image-{index:09d} key')
+            img = decode_image(data)
             if img is None:
                 raise DatasetError(f'{self.path}: image {index} (image-{index:09d}) cannot be decoded')
             return self._preprocess(img, None), self._target(self.texts[i])
