@@ -370,6 +370,15 @@ def row_training_num_samples_far_above_its_entries(case: Case) -> Row:
                check=_no_traceback_in_train_log(case))
 
 
+def row_training_images_all_1x1(case: Case) -> Row:
+    ok, png = cv2.imencode('.png', np.zeros((1, 1, 3), np.uint8))
+    root = case.folder / 'dots'
+    write_lmdb(root, [(png.tobytes(), word) for word in ['cat', 'dog'] * 8], check_images=False)
+    return Row(['--config', _train_on(case, root)], [f'{root}: 100 samples in a row were unusable (the last: 1 x 1 '
+                                                     'px, a side of 6 px or less)'],
+               check=_no_traceback_in_train_log(case))
+
+
 def row_training_labels_outside_the_charset(case: Case) -> Row:
     root = render_lmdb(case.folder / 'cyrillic', 16, seed=4, words=['cat', 'дом', 'dog', 'кот'])
     path = _train_on(case, root, max_iters=2)
