@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--model_strict', action='store_false',
                         help='as in ABINet: passing this flag turns strict checkpoint loading OFF')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=None,
-                        help='set by torch.distributed.launch (as LOCAL_RANK); the environment variable wins when '
-                        'both are given and agree')
+                        help='set by torch.distributed.launch: taken as LOCAL_RANK (an error when it contradicts '
+                        'that variable)')
     return parser.parse_args(argv)
 
 

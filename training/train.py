@@ -280,6 +280,8 @@ def own_workdir(config: Config, env: DistEnv) -> Iterator[RunLock | None]:
             lock = RunLock.acquire(config.workdir)
         except RunLockError as e:
             problem = str(e)
+        except OSError as e:  # said on every rank: the others would otherwise wait for rank 0 in the broadcast
+            problem = f'work directory {config.workdir}: cannot create its lock file: {e.strerror or e}'
     problem = broadcast_object(problem)
     if problem is not None:
         raise RunLockError(problem)
