@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from support.errors import one_line_error  # noqa: F401  (main.py's name for it)
 from support.stop_signal import ignore_stop_signals
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
@@ -26,6 +26,7 @@ _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 MAX_REPLACE_TRIES = 100
 WARN_FIRST = 5  # replaced samples reported one by one before switching to periodic counts
 WARN_EVERY = 1000
+MISSING_LABEL = 'missing (num-samples above the entries of the LMDB)'
 SMALL_SIDE = 6  # in training, images with a side of this many pixels or fewer are skipped, as upstream
 
 
@@ -168,6 +169,8 @@ class ImageDataset(Dataset):
         self._draws = 0  # per-process counter mixed into the augmentation seed
         self._num_replaced = multiprocessing.Value('q', 0)  # shared with forked DataLoader workers
         self._num_small = multiprocessing.Value('q', 0)  # likewise, for images skipped as too small
+        self._told_unknown = multiprocessing.Value('b', 0)  # characters outside the charset said once (all workers)
+        self.num_missing = 0  # test mode: labels num-samples promises that the LMDB lacks
 
         with open_lmdb(self.path).begin() as txn:
             self.num_samples = self._read_count(txn)
@@ -177,14 +180,22 @@ class ImageDataset(Dataset):
                 self.num_left_out = 0
             else:
                 self.indices, self.texts = [], []
+                reasons: dict[str, int] = {}
                 for index in range(1, self.num_samples + 1):
-                    text = self._clean_label(self._get(txn, f'label-{index:09d}'))
+                    raw = self._get(txn, f'label-{index:09d}')
+                    text = self._clean_label(raw)
                     if text is not None:
                         self.indices.append(index)
                         self.texts.append(text)
+                    else:
+                        why = self.label_problem(raw)
+                        reasons[why] = reasons.get(why, 0) + 1
+                self.num_missing = reasons.get(MISSING_LABEL, 0)
                 self.num_left_out = self.num_samples - len(self.indices)
                 if not self.indices:
-                    raise DatasetError(f'no usable label among the {self.num_samples} samples of {self.path}')
+                    counts = ', '.join(f'{n} {why}' for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+                    raise DatasetError(f'no usable label among the {self.num_samples} samples of {self.path}: '
+                                       f'{counts}')
 
     def _get(self, txn: lmdb.Transaction, key: str) -> bytes | None:
         try:
@@ -214,6 +225,49 @@ class ImageDataset(Dataset):
             return None
         text = self.charset.clean(text, self.case_sensitive)
         return text if self.charset.is_valid(text) else None
+
+    def label_problem(self, raw: bytes | None) -> str:
+        """Why a raw label is no usable target ('longer than dataset.max_length 25', ...)."""
+        if raw is None:
+            return MISSING_LABEL
+        try:
+            text = raw.decode('utf-8')
+        except UnicodeDecodeError:
+            return 'not UTF-8'
+        unknown = self.charset.unknown_chars(text, self.case_sensitive)
+        cleaned = self.charset.clean(text, self.case_sensitive)
+        if len(cleaned) > self.charset.max_length:
+            return f'longer than dataset.max_length {self.charset.max_length}'
+        if unknown and not self.charset.is_valid(cleaned):
+            return f'with characters outside the charset {self.charset.path}'
+        return 'empty after cleaning' if not cleaned else 'not a valid target'
+
+    def missing_note(self) -> str | None:
+        """One warning line when `num-samples` promises more labels than the LMDB holds (test mode), else None."""
+        if not self.num_missing:
+            return None
+        return (f'{self.path}: num-samples is {self.num_samples} but {self.num_missing} of those labels are missing '
+                'from the LMDB; they are counted as left out')
+
+    def _tell_unknown(self, index: int, raw: bytes | None) -> None:
+        """Say once (for all worker processes) which characters of a training label the charset cannot hold."""
+        if self._told_unknown.value or raw is None:
+            return
+        try:
+            unknown = self.charset.unknown_chars(raw.decode('utf-8'), self.case_sensitive)
+        except UnicodeDecodeError:
+            return
+        if not unknown:
+            return
+        with self._told_unknown.get_lock():
+            if self._told_unknown.value:
+                return
+            self._told_unknown.value = 1
+        get_logger().warning(
+            f'{self.path}: label {index} holds characters outside the charset {self.charset.path} '
+            f'({self.charset.num_classes} classes): {" ".join(repr(c) for c in unknown)}; such labels are replaced by '
+            'random samples (or lose those characters where the charset drops them); said once, the count is at '
+            'the end')
 
     def __len__(self) -> int:
         return self.num_samples if self.is_training else len(self.indices)
@@ -265,11 +319,19 @@ class ImageDataset(Dataset):
             kind = f'a side of {SMALL_SIDE} px or less' if small else 'corrupt image or unusable label'
             logger.warning(f'{self.path}: {count} samples replaced so far ({kind})')
 
-    def _load(self, index: int) -> tuple[np.ndarray | None, str | None]:
+    def _load(self, index: int) -> tuple[np.ndarray | None, str | None, str]:
+        """(image, clean label, why it is unusable: '' when both are fine)."""
         with open_lmdb(self.path).begin() as txn:
-            text = self._clean_label(self._get(txn, f'label-{index:09d}'))
-            img = decode_image(self._get(txn, f'image-{index:09d}'))
-        return img, text
+            raw = self._get(txn, f'label-{index:09d}')
+            text = self._clean_label(raw)
+            data = self._get(txn, f'image-{index:09d}')
+        self._tell_unknown(index, raw)
+        img = decode_image(data)
+        if data is None:
+            return img, text, f'no image-{index:09d} key in the LMDB (num-samples above its entries?)'
+        if img is None:
+            return img, text, 'undecodable image'
+        return img, text, '' if text is not None else f'unusable label: {self.label_problem(raw)}'
 
     def _preprocess(self, img: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
         if self.augment is not None and rng is not None:
@@ -290,23 +352,27 @@ class ImageDataset(Dataset):
         index = self.lmdb_index(i)
         if not self.is_training:
             with open_lmdb(self.path).begin() as txn:
-                img = decode_image(self._get(txn, f'image-{index:09d}'))
+                data = self._get(txn, f'image-{index:09d}')
+            if data is None:
+                raise DatasetError(f'{self.path}: sample {index} has a label but no image-{index:09d} key')
+            img = decode_image(data)
             if img is None:
                 raise DatasetError(f'{self.path}: image {index} (image-{index:09d}) cannot be decoded')
             return self._preprocess(img, None), self._target(self.texts[i])
         rng = self._rng(i)
+        problem = ''
         for _ in range(MAX_REPLACE_TRIES):
-            img, text = self._load(index)
-            if img is None or text is None:
-                self._report_replaced(index, 'undecodable image' if img is None else 'unusable label')
+            img, text, problem = self._load(index)
+            if problem:
+                self._report_replaced(index, problem)
             elif min(img.shape[:2]) <= SMALL_SIDE:
                 h, w = img.shape[:2]
-                self._report_replaced(index, f'{w} x {h} px, a side of {SMALL_SIDE} px or less', small=True)
+                problem = f'{w} x {h} px, a side of {SMALL_SIDE} px or less'
+                self._report_replaced(index, problem, small=True)
             else:
                 return self._preprocess(img, rng), self._target(text)
             index = int(rng.integers(1, self.num_samples + 1))
-        raise DatasetError(f'{self.path}: {MAX_REPLACE_TRIES} samples in a row were unusable (undecodable image, '
-                           f'unusable label or a side of {SMALL_SIDE} px or less)')
+        raise DatasetError(f'{self.path}: {MAX_REPLACE_TRIES} samples in a row were unusable (the last: {problem})')
 
     def __repr__(self) -> str:
         mode = 'train' if self.is_training else 'test'
@@ -316,22 +382,6 @@ class ImageDataset(Dataset):
 def process_rank() -> int:
     """The distributed rank torchrun gives this process (0 when not distributed)."""
     return int(os.environ.get('RANK', 0))
-
-
-_WORKER_WRAPPER = re.compile(r'^Caught \w+ in DataLoader worker process \d+\.')
-
-
-def one_line_error(error: BaseException) -> str:
-    """The message of `error` without the traceback torch's DataLoader wraps around an error from a worker process.
-
-    A worker's exception reaches the main process as the same type whose message is 'Caught X in DataLoader worker
-    process k. Original Traceback ...', ending in the line 'module.X: original message'.
-    """
-    text = str(error)
-    if not _WORKER_WRAPPER.match(text):
-        return text
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return re.sub(r'^[\w.]+: ', '', last, count=1)
 
 
 def limit_opencv_threads() -> None:

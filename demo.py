@@ -21,7 +21,7 @@ import torch
 from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
-from support.checkpoint import CheckpointError
+from support.checkpoint import CheckpointError, choose_checkpoint
 from support.inference import InferenceError, load_inference_model, select_device
 from support.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError, OrtVision, onnx_model
 from support.pictures import attention_maps, attention_picture, save_rgb
@@ -61,17 +61,23 @@ def note(message: str) -> None:
 
 
 def checkpoint_paths(config: Config, checkpoint: str | None) -> list[str]:
-    """Checkpoints to load in order, as main.py's test phase does: model.vision.checkpoint, then --checkpoint or
-    model.checkpoint, else the run's best checkpoint `<global.workdir>/<global.name>/best-<global.name>.pth`."""
-    chosen = checkpoint or config.model_checkpoint
-    if not chosen:
-        best = config.workdir / f'best-{config.global_name}.pth'
-        if not best.is_file():
-            raise InferenceError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
-                            'first, or pass --checkpoint PATH)')
-        note(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
-        chosen = str(best)
+    """Checkpoints to load in order, as main.py's test phase does: model.vision.checkpoint, then --checkpoint, else
+    the run's best checkpoint `<global.workdir>/<global.name>/best-<global.name>.pth` when it exists, else
+    model.checkpoint (one note says which and why)."""
+    chosen, why = choose_checkpoint(checkpoint, config.model_checkpoint or None,
+                                    config.workdir / f'best-{config.global_name}.pth')
+    if not checkpoint:
+        note(why)
     return [p for p in (config.model_vision_checkpoint, chosen) if p]
+
+
+_ESCAPES = str.maketrans({'\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r'})
+
+
+def shown_name(path: str) -> str:
+    """A file name as printed: backslash, tab, newline and carriage return escaped (\\, \\t, \\n, \\r), so every
+    `path<TAB>prediction<TAB>confidence` line stays one line of three fields."""
+    return path.translate(_ESCAPES)
 
 
 def find_files(pattern: str) -> list[str]:
@@ -110,7 +116,7 @@ def readable_images(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
     for path in files:
         image = read_image(path)
         if image is None:
-            print(f'warning: {path}: not an image or cannot be decoded; skipped', file=sys.stderr)
+            print(f'warning: {shown_name(path)}: not an image or cannot be decoded; skipped', file=sys.stderr)
             continue
         yield path, image
 
@@ -153,7 +159,7 @@ def run_demo(model: BaseVision | OrtVision, config: Config, files: Sequence[str]
         texts, confidences, _ = decode_logits(out['logits'], charset)
         maps = attention_maps(out['attn_scores']) if output is not None else None  # one copy per batch
         for k, ((path, _), text, conf) in enumerate(zip(batch, texts, confidences)):
-            print(f'{path}\t{text}\t{conf:.4f}', flush=True)
+            print(f'{shown_name(path)}\t{text}\t{conf:.4f}', flush=True)
             results.append((path, text, conf))
             if maps is not None:
                 picture = attention_picture(small[k], maps[k], text)

@@ -8,9 +8,12 @@ support/distributed.py.
 
 from __future__ import annotations
 
+from support.quiet_start import ignore_stop_signals_at_exit  # first: Ctrl-C during the slow imports ends in one line
+
 import support.fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from support.stop_signal import Interrupted, StopSignal, resume_command, signal_
 from training.builders import build_learner, build_model, is_conclr
 from training.testing import checkpoint_to_test, test
 from training.train import train
+from training.validate import validate_config
 from utils import Config, ConfigError, check_writable, tune_malloc
 
 # ABINet's names, for code that drives training from Python (`import main; main.train(config, device)`).
@@ -56,7 +60,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='test phase with --backend onnxruntime: int8 matrix products (dynamic quantisation)')
     parser.add_argument('--model_strict', action='store_false',
                         help='as in ABINet: passing this flag turns strict checkpoint loading OFF')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None,
+                        help='set by torch.distributed.launch: taken as LOCAL_RANK (an error when it contradicts '
+                        'that variable)')
     return parser.parse_args(argv)
+
+
+def apply_local_rank(local_rank: int | None) -> None:
+    """--local_rank of torch.distributed.launch as LOCAL_RANK (ConfigError when it contradicts the variable)."""
+    if local_rank is None:
+        return
+    given = os.environ.get('LOCAL_RANK')
+    if given is not None and given != str(local_rank):
+        raise ConfigError(f'--local_rank {local_rank} contradicts the environment\'s LOCAL_RANK={given}')
+    os.environ['LOCAL_RANK'] = str(local_rank)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -67,7 +84,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.name is not None:
         config.global_name = args.name
     if args.checkpoint is not None:
-        config.model_checkpoint = args.checkpoint
+        config.update({'model_checkpoint': args.checkpoint}, source='--checkpoint')
     if args.resume is not None:
         config.training_resume = args.resume
     if args.test_root is not None:
@@ -116,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = True  # until the phase returns: a failed process aborts the group instead of a collective destroy
     stop = StopSignal()
     try:
+        apply_local_rank(args.local_rank)
         config = build_config(args)
+        validate_config(config)  # before any data opens or any file is written
         check_writable(config.workdir)
         processes, why = processes_to_start(config)
         if processes > 1:  # the launching process only waits: each worker handles SIGINT / SIGTERM itself
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                      quantize=args.quantize)
         failed = False
     except Interrupted as e:
+        ignore_stop_signals_at_exit()  # the command is ending and says so once: more signals change nothing
         failed = False  # every rank agreed to stop at the same step: the group ends normally
         if (env.rank if env is not None else process_rank()) == 0:
             print(interrupt_line(e, sys.argv if argv is None else [__file__, *argv]), file=sys.stderr)
@@ -148,4 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    status = main()
+    ignore_stop_signals_at_exit()  # a late Ctrl-C must not print a traceback from an atexit callback
+    sys.exit(status)

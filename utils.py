@@ -98,6 +98,8 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# Key prefixes whose keys need not be in the template: `optimizer.args` holds whatever the optimiser takes.
+OPEN_PREFIXES = ('optimizer_args_',)
 # Keys whose template default is a scalar but that also take a list (one value per output).
 _SCALAR_OR_LIST = {'model_vision_loss_weight'}
 
@@ -111,6 +113,7 @@ class Config:
         self.__dict__['_values'] = values
         self.__dict__['path'] = str(path) if path is not None else None
         self.__dict__['translations'] = []  # one line per upstream alias translated (support/config_aliases.py)
+        self.__dict__['_sources'] = {}  # key -> where its value came from (the config file, a flag, 'setting')
         if path is not None:
             self.update(self._translated(_flatten(load_yaml(path)), str(path)), source=str(path))
 
@@ -130,6 +133,8 @@ class Config:
     def check(self, key: str, value: Any, source: str = 'config') -> None:
         """Raise ConfigError unless `key` is known and `value` has the template's type."""
         if key not in self._known:
+            if key.startswith(OPEN_PREFIXES):
+                return  # checked against the optimiser's signature (training/validate.py)
             raise ConfigError(f'{source}: unknown key {key!r} (did you mean {self._nearest(key)!r}?)')
         default = self._known[key]
         list_ok = key in _SCALAR_OR_LIST and isinstance(value, list) and all(
@@ -148,6 +153,16 @@ class Config:
         for key, value in values.items():
             self.check(key, value, source)
         self._values.update(values)
+        self._sources.update(dict.fromkeys(values, source))
+
+    def source_of(self, key: str) -> str | None:
+        """Where the value of `key` came from: the config file's path, a flag such as '--checkpoint', 'setting'
+        (code), or None for the template's default."""
+        return self._sources.get(key)
+
+    def is_template_default(self, key: str) -> bool:
+        """Whether `key` holds the template's own value (no config file or flag changed it)."""
+        return key in self._known and self._values.get(key) == self._known[key]
 
     def __getattr__(self, key: str) -> Any:
         values = self.__dict__['_values']
@@ -175,6 +190,34 @@ class Config:
         return Path(self.global_workdir) / self.global_name
 
 
+class CharsetError(ConfigError):
+    """A charset file that cannot be read as one `<index>\t<char>` per line."""
+
+
+def _charset_line(path: Path, lineno: int, line: str, expected: int, seen: dict[str, int]) -> str:
+    """The character of one charset line, or CharsetError saying what is wrong with it (file:line)."""
+    where = f'{path}:{lineno}'
+    parts = line.split('\t')
+    if len(parts) != 2:
+        hint = ' (a space instead of the tab?)' if len(line.split(' ')) == 2 else ''
+        raise CharsetError(f'{where}: expected "<index>\\t<char>", got {line!r}{hint}')
+    index, char = parts
+    if len(char) != 1:
+        raise CharsetError(f'{where}: one character per line, got {char!r} ({len(char)} characters)')
+    try:
+        number = int(index)
+    except ValueError:
+        raise CharsetError(f'{where}: the index {index!r} is not an integer') from None
+    if number != expected:
+        what = 'missing' if number > expected else 'out of order'
+        raise CharsetError(f'{where}: index {number} where {expected} was expected (index {expected} is {what})')
+    if char in seen:
+        raise CharsetError(f'{where}: character {char!r} is already at line {seen[char]} (each character once: a '
+                           'duplicate would make two classes read the same)')
+    seen[char] = lineno
+    return char
+
+
 class CharsetMapper:
     """Maps text to class indices and back; class 0 is the null character (end and padding)."""
 
@@ -184,18 +227,22 @@ class CharsetMapper:
         self.max_length = max_length
         self.null_char = NULL_CHAR
         chars = [NULL_CHAR]
-        with open(charset_path, encoding='utf-8') as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip('\n')
-                if not line:
-                    continue
-                parts = line.split('\t')
-                if len(parts) != 2 or len(parts[1]) != 1:
-                    raise ValueError(f'{charset_path}:{lineno}: expected "<index>\\t<char>", got {line!r}')
-                index, char = int(parts[0]), parts[1]
-                if index != len(chars) - 1:
-                    raise ValueError(f'{charset_path}:{lineno}: index {index} out of order')
-                chars.append(char)
+        seen: dict[str, int] = {}
+        try:
+            with open(charset_path, encoding='utf-8') as f:
+                lines = f.read().split('\n')
+        except FileNotFoundError:
+            raise CharsetError(f'charset file not found: {charset_path} (dataset.charset_path)') from None
+        except IsADirectoryError:
+            raise CharsetError(f'{charset_path} is a folder, not a charset file (dataset.charset_path)') from None
+        except UnicodeDecodeError:
+            raise CharsetError(f'{charset_path}: not a UTF-8 text file (dataset.charset_path)') from None
+        for lineno, line in enumerate(lines, 1):
+            line = line.removesuffix('\r')
+            if line:
+                chars.append(_charset_line(charset_path, lineno, line, len(chars) - 1, seen))
+        if len(chars) == 1:
+            raise CharsetError(f'{charset_path}: no character in the charset file (dataset.charset_path)')
         self.chars = chars
         self.char_to_label = {c: i for i, c in enumerate(chars)}
         self.num_classes = len(chars)
@@ -211,6 +258,17 @@ class CharsetMapper:
         if not self.has_upper:
             text = text.lower()
         return text
+
+    def unknown_chars(self, text: str, case_sensitive: bool = False) -> str:
+        """The characters of a raw label this charset cannot hold, once each in order of appearance (for an
+        alphanumeric charset only letters and digits: it drops punctuation and spaces by design)."""
+        if not case_sensitive or not self.has_upper:
+            text = text.lower()
+        found: list[str] = []
+        for c in text:
+            if c not in self.char_to_label and c not in found and (c.isalnum() or not self.alphanumeric):
+                found.append(c)
+        return ''.join(found)
 
     def is_valid(self, text: str) -> bool:
         """Whether a cleaned label can be a target: 1..max_length characters, all in the charset."""

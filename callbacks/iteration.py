@@ -19,6 +19,7 @@ from fastai.basic_train import Learner, LearnerCallback
 
 from support.checkpoint import save_checkpoint
 from support.distributed import sum_tensor_across_ranks
+from support.errors import one_line_error
 from support.stop_signal import StopSignal, signal_name
 
 KEEP_LAST = 5
@@ -177,7 +178,7 @@ class IterationCallback(LearnerCallback):
 
     def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
         if exception:
-            self.logger.error(f'training stopped by {type(exception).__name__}: {exception}')
+            self.logger.error(f'training stopped by {type(exception).__name__}: {one_line_error(exception)}')
             return
         if self.stop is not None and self.stop.stopped:
             self._save_on_stop()

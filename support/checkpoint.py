@@ -12,6 +12,7 @@ next epoch boundary with the iteration counter kept.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -43,10 +44,34 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, 
 
 
 def write_atomically(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """torch.save `state` to `path` through a temporary file and a rename, so `path` is never half written."""
-    with atomic_open(path) as f:
-        torch.save(state, f)
+    """torch.save `state` to `path` through a temporary file and a rename, so `path` is never half written; a
+    failed write (disk full, quota) is a one-line CheckpointError with the system's reason."""
+    try:
+        with atomic_open(path) as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:
+        reason = _write_failure(e, Path(path))
+        if reason is None:
+            raise
+        raise CheckpointError(f'cannot save {path}: {reason} (an earlier file under that name is unchanged)') from None
     return Path(path)
+
+
+def _write_failure(error: BaseException, path: Path) -> str | None:
+    """The system's reason a write failed ('No space left on device'), from the error or what it wraps; None when
+    the error is not about writing."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.strerror or os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(error, RuntimeError) and 'inline_container' in str(error):  # torch's writer lost the OSError
+        try:
+            full = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize < 1 << 20
+        except OSError:
+            full = False
+        return os.strerror(errno.ENOSPC) if full else f'the write failed ({str(error).splitlines()[0][:200]})'
+    return None
 
 
 # Phrases of torch's weights-only unpickler when a file asks for a callable or class outside its allowlist.
@@ -116,13 +141,32 @@ def _summarise(keys: Iterable[str], limit: int = 3) -> str:
     return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
 
 
+CLASSIFIER_PREFIX = 'cls.'  # the linear classifier: its width is the charset's number of classes
+
+
+def charset_classes(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(the checkpoint's classes, the model's) when the classifier's width is the only difference, else None."""
+    differ = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    body = {k for k in weights if not k.startswith(HEAD_PREFIX)}
+    if not differ or not all(k.startswith(CLASSIFIER_PREFIX) for k in differ) or \
+            body != {k for k in own if not k.startswith(HEAD_PREFIX)}:
+        return None
+    key = CLASSIFIER_PREFIX + 'weight'
+    return (weights[key].shape[0], own[key].shape[0]) if key in weights and key in own else None
+
+
 def _misfit(path: str | os.PathLike, fitting: int, total: int, missing: list[str], unexpected: list[str],
-            mismatched: list[str]) -> str:
+            mismatched: list[str], classes: tuple[int, int] | None = None) -> str:
     """One line on how a checkpoint does not fit the model: counts, the first few keys, and what to do."""
     parts = [f'{name} {len(keys)} ({_summarise(keys)})' for name, keys in
              (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
-    hint = ('this checkpoint was made with another model size: use the config it was trained with' if fitting
-            else 'none of its tensors belongs to this model: is it a checkpoint of ABINet-Vision or this project?')
+    if classes is not None:
+        hint = (f'only the classifier differs: charset of {classes[0]} classes vs {classes[1]} (the checkpoint\'s vs '
+                'dataset.charset_path here): use the charset it was trained with')
+    elif fitting:
+        hint = 'this checkpoint was made with another model size: use the config it was trained with'
+    else:
+        hint = 'none of its tensors belongs to this model: is it a checkpoint of ABINet-Vision or this project?'
     return f'{path} does not fit the model ({fitting} of its {total} tensors fit); ' + '; '.join(parts) + f'; {hint}'
 
 
@@ -188,7 +232,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
                   for k in weights if k in own and weights[k].shape != own[k].shape]
     loadable = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
     if (strict and (missing or unexpected or mismatched)) or not loadable:
-        raise CheckpointError(_misfit(path, len(loadable), len(weights), missing, unexpected, mismatched))
+        raise CheckpointError(_misfit(path, len(loadable), len(weights), missing, unexpected, mismatched,
+                                      charset_classes(weights, own)))
     target.load_state_dict(loadable, strict=False)
     if renamed and any(k in loadable for k in renamed):
         log(f'{path}: the ConCLR reproduction\'s projection head {REPRODUCTION_HEAD_PREFIX}* loaded as '
@@ -276,3 +321,19 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state['torch'])
     if state.get('cuda') is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
+
+
+def choose_checkpoint(given: str | None, configured: str | None, best: Path) -> tuple[str, str]:
+    """The checkpoint a test run or the demo loads, and why (one log line): `given` (--checkpoint) first; else the
+    run's best when it exists, even when `configured` (model.checkpoint, where fine-tuning started) is set; else
+    `configured`. CheckpointError naming the best's path when there is none of them."""
+    if given:
+        return given, f'loading --checkpoint {given}'
+    if best.is_file():
+        why = (f'model.checkpoint {configured} is where this run started; ' if configured else '')
+        return str(best), why + f'no --checkpoint given: loading the run\'s best checkpoint {best}'
+    if configured:
+        return configured, (f'no --checkpoint given and the run has no best checkpoint ({best}) yet: loading '
+                            f'model.checkpoint {configured}')
+    raise CheckpointError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
+                          'first, or pass --checkpoint PATH)')

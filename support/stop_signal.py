@@ -67,8 +67,9 @@ class StopSignal:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
+        if self.signum is not None:
+            return  # a repeated signal: the stop is already under way (and may be saving a checkpoint)
+        self.signum = signum
         if not self._deferring:
             raise Interrupted(self.signum)
 

@@ -9,10 +9,15 @@ was moved with its bytes intact. docs/reference.md, "Reliability", lists the sam
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +31,7 @@ import yaml
 
 import main
 from support.checkpoint import load_checkpoint
+from support.run_lock import LOCK_NAME
 from tests.cli_runner import Finished, Run, run
 from tests.helpers import TINY_VISION, free_port, render_lmdb
 from tools.create_lmdb_dataset import write_lmdb
@@ -217,6 +223,26 @@ def row_sigkill_during_a_save(case: Case) -> Row:
                interrupt=(signal.SIGKILL, ready.exists))
 
 
+# ---- rows: runs that collide ----
+
+def row_stale_lock_of_a_crashed_run(case: Case) -> Row:
+    """A lock file left by a run that died (its pid no longer alive): taken over with one log line."""
+    run_dir = case.trained_run()
+    child = subprocess.Popen(['true'])
+    child.wait()
+    (run_dir / LOCK_NAME).write_text(json.dumps({'pid': child.pid, 'host': socket.gethostname(),
+                                                 'started': '2026-01-01 00:00:00'}))
+    path = case.config(lambda tree: tree['training'].update(max_iters=6))
+
+    def check(done: Finished) -> None:
+        line = f'took over the stale lock {run_dir / LOCK_NAME} of pid {child.pid} on host '
+        assert done.stdout.count(line) == 1 and line in (run_dir / 'train.txt').read_text()
+        assert 'training done at iter 6' in done.stdout
+        assert not (run_dir / LOCK_NAME).exists()  # released at the end
+
+    return Row(['--config', path, '--resume', run_dir], status=0, lines=0, check=check)
+
+
 # ---- rows: data ----
 
 def _bad_image_lmdb(case: Case) -> Path:
@@ -293,6 +319,95 @@ def row_label_longer_than_max_length(case: Case) -> Row:
                 '--test_root', root], status=0, lines=0, check=check)
 
 
+def _set_num_samples(root: Path, count: int) -> None:
+    with lmdb.open(str(root), map_size=1 << 26) as env, env.begin(write=True) as txn:
+        txn.put(b'num-samples', str(count).encode())
+
+
+def row_test_lmdb_num_samples_above_its_entries(case: Case) -> Row:
+    root = case.copy_lmdb()
+    _set_num_samples(root, 12)  # 8 entries
+
+    def check(done: Finished) -> None:
+        note = f'{root}: num-samples is 12 but 4 of those labels are missing from the LMDB'
+        assert done.stdout.count(note) == 1 and note in (case.workdir / 'run' / 'test.txt').read_text()
+
+    return Row(['--config', case.config(), '--phase', 'test', '--image_only', '--checkpoint', case.checkpoint(),
+                '--test_root', root], status=0, lines=0, check=check)
+
+
+def row_test_labels_all_longer_than_max_length(case: Case) -> Row:
+    root = render_lmdb(case.folder / 'long', 5, seed=4, words=['abcdefghijklmnopq'])  # 17 > max_length 12
+    return Row(['--config', case.config(), '--phase', 'test', '--image_only', '--checkpoint', case.checkpoint(),
+                '--test_root', root], [f'no usable label among the 5 samples of {root}: 5 longer than '
+                                       'dataset.max_length 12'])
+
+
+def _train_on(case: Case, root: Path, **training: object) -> Path:
+    return case.config(lambda tree: (tree['dataset']['train'].update(roots=[str(root)]),
+                                     tree['dataset'].update(num_workers=1), tree['training'].update(**training)))
+
+
+def _no_traceback_in_train_log(case: Case) -> Callable[[Finished], None]:
+    def check(done: Finished) -> None:
+        log = case.workdir / 'run' / 'train.txt'
+        assert 'Traceback' not in (log.read_text() if log.exists() else '')
+    return check
+
+
+def row_training_labels_all_longer_than_max_length(case: Case) -> Row:
+    root = render_lmdb(case.folder / 'long', 16, seed=4, words=['abcdefghijklmnopq'])
+    return Row(['--config', _train_on(case, root)], [f'{root}: 100 samples in a row were unusable (the last: '
+                                                     'unusable label: longer than dataset.max_length 12)'],
+               check=_no_traceback_in_train_log(case))
+
+
+def row_training_num_samples_far_above_its_entries(case: Case) -> Row:
+    root = render_lmdb(case.folder / 'few', 16, seed=4)
+    _set_num_samples(root, 100000)
+    return Row(['--config', _train_on(case, root)], [f'{root}: 100 samples in a row were unusable (the last: no '
+                                                     'image-', 'key in the LMDB (num-samples above its entries?)'],
+               check=_no_traceback_in_train_log(case))
+
+
+def row_training_images_all_1x1(case: Case) -> Row:
+    ok, png = cv2.imencode('.png', np.zeros((1, 1, 3), np.uint8))
+    root = case.folder / 'dots'
+    write_lmdb(root, [(png.tobytes(), word) for word in ['cat', 'dog'] * 8], check_images=False)
+    return Row(['--config', _train_on(case, root)], [f'{root}: 100 samples in a row were unusable (the last: 1 x 1 '
+                                                     'px, a side of 6 px or less)'],
+               check=_no_traceback_in_train_log(case))
+
+
+def row_training_labels_outside_the_charset(case: Case) -> Row:
+    root = render_lmdb(case.folder / 'cyrillic', 16, seed=4, words=['cat', 'дом', 'dog', 'кот'])
+    path = _train_on(case, root, max_iters=2)
+
+    def check(done: Finished) -> None:
+        said = [line for line in done.stdout.splitlines() if 'holds characters outside the charset' in line]
+        assert len(said) == 1, said
+        assert ("'д' 'о' 'м'" in said[0] or "'к' 'о' 'т'" in said[0]) and 'charset_36.txt (37 classes)' in said[0]
+        assert 'training done at iter 2' in done.stdout
+
+    return Row(['--config', path], status=0, lines=0, check=check)
+
+
+def row_second_test_run_fails_and_keeps_the_first_results(case: Case) -> Row:
+    """A test run that fails half-way leaves the earlier run's results under their usual names."""
+    args = _test_with(case, case.checkpoint())
+    first = run('main.py', args, case.folder / 'first')
+    assert first.status == 0, first.stderr
+    results = case.workdir / 'run' / 'test_results.csv'
+    old = results.read_bytes()
+    root = _bad_image_lmdb(case)
+
+    def check(done: Finished) -> None:
+        assert results.read_bytes() == old and not list(results.parent.glob('test_results-*'))
+        assert (case.workdir / 'run' / 'predictions' / 'test.tsv').exists()
+
+    return Row([*args, '--test_root', root], [str(root), 'cannot be decoded'], check=check)
+
+
 # ---- rows: configuration ----
 
 row_float_batch_size = _config_value_row('dataset.test.batch_size', 64.0)
@@ -336,6 +451,66 @@ def row_unwritable_work_directory(case: Case) -> Row:
     path = case.config(lambda tree: tree['global'].update(workdir=str(parent / 'workdir')))
     return Row(['--config', path], [f'work directory {parent / "workdir" / "run"} is not writable'],
                check=lambda done: None if os.geteuid() == 0 else parent.chmod(0o755))
+
+
+def row_empty_name(case: Case) -> Row:
+    path = case.config()
+    return Row(['--config', path, '--name', ''], [str(path), 'global.name (--name) \'\' must be a non-empty'],
+               check=lambda done: _nothing_created(case))
+
+
+def _config_build_row(edit: Callable[[dict], None], says: list[str]) -> Callable[[Case], Row]:
+    def build(case: Case) -> Row:
+        path = case.config(edit)
+        return Row(['--config', path], [str(path), *says], check=lambda done: _nothing_created(case))
+    return build
+
+
+row_nhead_not_dividing_d_model = _config_build_row(
+    lambda tree: tree['model']['vision'].update(nhead=3),
+    ['model.vision.nhead 3 does not divide model.vision.d_model 16'])
+row_d_model_unequal_last_resnet_width = _config_build_row(
+    lambda tree: tree['model']['vision'].update(d_model=32),
+    ['model.vision.d_model 32 must equal the last entry of model.vision.resnet_widths (16)'])
+row_unknown_attention_mode = _config_build_row(
+    lambda tree: tree['model']['vision'].update(attention='cross'), ["model.vision.attention 'cross' is none of"])
+row_image_size_unfit_for_the_attention = _config_build_row(
+    lambda tree: tree['dataset'].update(image_height=24),
+    ['dataset.image_height 24 gives a feature map side of 6', 'model.vision.attention position'])
+row_unknown_model_class = _config_build_row(
+    lambda tree: tree['model'].update(name='modules.model_abinet.ABINetModel'),
+    ["model.name 'modules.model_abinet.ABINetModel': no such class here"])
+row_list_valued_lr = _config_build_row(
+    lambda tree: tree['optimizer'].update(lr=[1.0, 1.0, 1.0]), ["'optimizer_lr' expects float"])
+row_argument_the_optimiser_does_not_take = _config_build_row(
+    lambda tree: tree['optimizer'].update(args={'momentum': 0.9}),
+    ['optimizer.args.momentum is not an argument of Adam (it takes lr, betas'])
+
+
+def _charset_row(content: str, says: list[str]) -> Callable[[Case], Row]:
+    def build(case: Case) -> Row:
+        charset = case.folder / 'charset.txt'
+        charset.write_text(content, encoding='utf-8')
+        path = case.config(lambda tree: tree['dataset'].update(charset_path=str(charset)))
+        return Row(['--config', path], [f'{charset}:', *says], check=lambda done: _nothing_created(case))
+    return build
+
+
+row_charset_duplicate_character = _charset_row('0\ta\n1\tb\n2\ta\n', ['3: character \'a\' is already at line 1'])
+row_charset_missing_index = _charset_row('0\ta\n2\tb\n', ['2: index 2 where 1 was expected (index 1 is missing)'])
+row_charset_two_character_entry = _charset_row('0\ta\n1\tbc\n', ["2: one character per line, got 'bc'"])
+row_charset_space_instead_of_tab = _charset_row('0\ta\n1 b\n', ["2: expected", '(a space instead of the tab?)'])
+
+
+def row_sgd_gets_only_its_own_arguments(case: Case) -> Row:
+    path = case.config(lambda tree: (tree['optimizer'].update(type='SGD', args={'momentum': 0.9}),
+                                     tree['training'].update(max_iters=2)))
+    return Row(['--config', path], status=0, lines=0,
+               check=lambda done: 'training done at iter 2' in done.stdout)
+
+
+def row_local_rank_flag_of_torch_distributed_launch(case: Case) -> Row:
+    return Row([*_test_with(case, case.checkpoint()), '--local_rank=0'], status=0, lines=0)
 
 
 # ---- rows: checkpoints ----
@@ -412,6 +587,114 @@ def row_partial_fit_with_strict_off(case: Case) -> Row:
         assert expected in (case.workdir / 'run' / 'test.txt').read_text()
 
     return Row(_test_with(case, partial, '--model_strict'), status=0, lines=0, check=check)
+
+
+def row_resume_with_the_other_model_type(case: Case) -> Row:
+    run_dir = case.trained_run()  # an ABINet-Vision run
+    path = case.config(lambda tree: (tree['model'].update(name='modules.model_conclr.ConCLR_Vision',
+                                                          projection={'channels': 8}),
+                                     tree['model']['vision'].update(loss_weight=[1.0, 0.5, 0.5])))
+    return Row(['--config', path, '--resume', run_dir],
+               [f'--resume {run_dir / "run_0_4.pth"}: a checkpoint of ABINet-Vision (no projection head), but this '
+                'config builds ConCLR_Vision', 'resume with the config it was trained with'])
+
+
+def row_resume_with_another_optimiser_type(case: Case) -> Row:
+    run_dir = case.trained_run()  # trained with Adam
+    path = case.config(lambda tree: tree['optimizer'].update(type='SGD', args={'momentum': 0.9}))
+    return Row(['--config', path, '--resume', run_dir],
+               [f'--resume {run_dir / "run_0_4.pth"}: its optimiser state does not fit optimizer.type SGD',
+                'it lacks dampening, momentum', 'resume with the config it was trained with'])
+
+
+DISK_FULL = '''
+import errno, runpy, sys
+import torch
+
+real_save = torch.save
+
+
+class Full:
+    """A file whose every write fails as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    def flush(self):
+        pass
+
+
+torch.save = lambda obj, f, *args, **kwargs: real_save(obj, Full(f), *args, **kwargs)
+sys.argv = ['main.py', *sys.argv[1:]]
+runpy.run_path('main.py', run_name='__main__')
+'''
+
+
+def row_disk_full_while_saving_a_checkpoint(case: Case) -> Row:
+    run_dir = case.trained_run()
+    script = case.folder / 'disk_full.py'
+    script.write_text(DISK_FULL)
+    path = case.config(lambda tree: tree['training'].update(max_iters=6, eval_iters=1000, save_iters=6))
+
+    def check(done: Finished) -> None:
+        assert not list(run_dir.glob('.*.tmp'))  # the temporary file is gone, the earlier checkpoints whole
+        assert load_checkpoint(run_dir / 'run_0_4.pth')['iteration'] == 4
+
+    return Row(['--config', path, '--resume', run_dir], [f'cannot save {run_dir / "run_0_6.pth"}: No space left on '
+                                                          'device'], script=str(script), check=check)
+
+
+def row_checkpoint_of_another_charset(case: Case) -> Row:
+    checkpoint = case.checkpoint()
+    path = case.config(lambda tree: tree['dataset'].update(charset_path='data/charset_62.txt'))
+    return Row(_test_with(case, checkpoint, config=path),
+               [str(checkpoint), 'only the classifier differs: charset of 37 classes vs 63'])
+
+
+def _fine_tuning_config(case: Case) -> tuple[Path, Path]:
+    """A fine-tuning config (model.checkpoint: where it started) whose run has a best checkpoint of its own."""
+    start = case.folder / 'start.pth'
+    shutil.copy(case.world.run / 'run_0_2.pth', start)
+    run_dir = case.trained_run()
+    return case.config(lambda tree: tree['model'].update(checkpoint=str(start))), run_dir / 'best-run.pth'
+
+
+def row_test_after_fine_tuning_loads_the_runs_best(case: Case) -> Row:
+    path, best = _fine_tuning_config(case)
+
+    def check(done: Finished) -> None:
+        assert (f'model.checkpoint {case.folder / "start.pth"} is where this run started; no --checkpoint given: '
+                f'loading the run\'s best checkpoint {best}') in done.stdout
+
+    return Row(['--config', path, '--phase', 'test', '--image_only'], status=0, lines=0, check=check)
+
+
+def row_demo_after_fine_tuning_loads_the_runs_best(case: Case) -> Row:
+    path, best = _fine_tuning_config(case)
+    folder = case.folder / 'images'
+    folder.mkdir()
+    _word_png(folder / 'a.png', 'cat', 0)
+    return Row(['--config', path, '--input', folder, '--image_only'],
+               [f'is where this run started; no --checkpoint given: loading the run\'s best checkpoint {best}'],
+               status=0, script='demo.py')
+
+
+def row_demo_file_names_with_tab_and_newline(case: Case) -> Row:
+    folder = case.folder / 'images'
+    folder.mkdir()
+    _word_png(folder / 'a\tb.png', 'cat', 0)
+    _word_png(folder / 'c\nd.png', 'dog', 1)
+
+    def check(done: Finished) -> None:
+        lines = [line.split('\t') for line in done.stdout.splitlines()]
+        assert [fields[0] for fields in lines] == [f'{folder}/a\\tb.png', f'{folder}/c\\nd.png']
+        assert all(len(fields) == 3 for fields in lines)
+
+    return Row(['--config', case.config(), '--checkpoint', case.checkpoint(), '--input', folder, '--image_only'],
+               status=0, lines=0, script='demo.py', check=check)
 
 
 # ---- rows: results ----
@@ -508,6 +791,8 @@ def _assert_nothing_lost(before: dict[Path, bytes], folders: list[Path]) -> None
     after = _snapshot(folders)
     digests = {hashlib.sha256(data).digest() for data in after.values()}
     for path, data in before.items():
+        if path.name == LOCK_NAME:
+            continue  # a dead run's lock file is there to be taken over
         if path in after and path.name in GROWING_LOGS:
             assert after[path].startswith(data), f'{path} lost earlier lines'
         elif path in after:
@@ -563,3 +848,79 @@ def test_row_sigint_to_one_rank_stops_every_rank(world, tmp_path):
     assert state['world_size'] == 2 and len(state['rng']) == 2
     assert line.startswith(f'SIGINT stopped the run at iteration {state["iteration"]}; saved ')
     assert f'--resume {run_dir}/run_{state["epoch"]}_{state["iteration"]}.pth' in line
+
+
+def _stopped_live_run(case: Case, tmp_path: Path) -> tuple[Run, Path]:
+    """A training run of `case` that has saved a checkpoint and a best one, then stopped (SIGSTOP) so that its files
+    hold still while a second run tries the same folder."""
+    path = case.config(lambda tree: tree['training'].update(max_iters=1000, eval_iters=2, save_iters=2))
+    first = Run('main.py', ['--config', path], tmp_path / 'first')
+    first.wait_for(_log_has(case.workdir / 'run' / 'train.txt', 'run_0_2.pth'))
+    first.signal_group(signal.SIGSTOP)
+    return first, path
+
+
+def _end_live_run(first: Run) -> None:
+    first.signal_group(signal.SIGCONT)
+    first.signal_group(signal.SIGINT)
+    assert first.finish().status == 130
+
+
+@pytest.mark.parametrize('how', ['same_name', 'resume_same_folder', 'resume_into_another_name'])
+def test_row_second_run_while_the_first_lives(how, world, tmp_path):
+    """Two trainings in one work directory (or resuming from a folder a live run writes): the second refuses with
+    one line naming the first (pid, host, start), and the first run's files stay as they were."""
+    case = Case(tmp_path / 'case', world)
+    case.folder.mkdir()
+    first, path = _stopped_live_run(case, tmp_path)
+    try:
+        run_dir = case.workdir / 'run'
+        before = _snapshot([case.folder])
+        argv = {'same_name': ['--config', path],
+                'resume_same_folder': ['--config', path, '--resume', run_dir],
+                'resume_into_another_name': ['--config', path, '--name', 'other', '--resume', run_dir]}[how]
+        done = run('main.py', argv, tmp_path / 'second')
+        line, = done.stderr.strip().splitlines()
+        assert done.status == 2 and 'Traceback' not in done.stderr + done.stdout
+        owner = f'pid {first.process.pid} on host {socket.gethostname()}, started '
+        if how == 'resume_into_another_name':
+            assert line.startswith(f'error: --resume {run_dir}: {run_dir} belongs to a live run ({owner}'), line
+            assert not (case.workdir / 'other' / 'train.txt').exists()
+        else:
+            assert line.startswith(f'error: work directory {run_dir} is in use by another run ({owner}'), line
+        assert _snapshot([case.folder]) == before  # nothing written, nothing lost
+    finally:
+        _end_live_run(first)
+
+
+def test_row_sigint_pressed_repeatedly(world, tmp_path):
+    """Ctrl-C again and again while training stops: the one line still names the checkpoint it saved, and no
+    atexit callback prints a traceback."""
+    case = Case(tmp_path / 'case', world)
+    case.folder.mkdir()
+    run_dir = case.trained_run()
+    path = case.config(lambda tree: tree['training'].update(max_iters=1000, eval_iters=1000, save_iters=1000))
+    started = Run('main.py', ['--config', path, '--resume', run_dir], tmp_path / 'output')
+    started.wait_for(_log_has(run_dir / 'train.txt', 'iter 6: loss'))
+    while started.process.is_alive():
+        started.signal_group(signal.SIGINT)
+        time.sleep(0.01)
+    done = started.finish()
+    line, = done.stderr.strip().splitlines()
+    assert done.status == 130 and 'Traceback' not in done.stderr + done.stdout
+    assert line.startswith('SIGINT stopped the run at iteration ') and '; saved ' in line and 'continue with' in line
+
+
+def test_row_sigint_during_the_imports(world, tmp_path):
+    """Ctrl-C while `python main.py` still imports torch and fastai: one line, 130, no traceback."""
+    case = Case(tmp_path / 'case', world)
+    case.folder.mkdir()
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / 'main.py'), '--config', str(case.config())],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS='1'))
+    time.sleep(1.5)  # the imports take several seconds
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err == 'SIGINT stopped the run while it started; nothing was saved\n' and out == ''
+    assert not case.workdir.exists()

@@ -384,3 +384,26 @@ def test_iiit5k_count(charset):
     ds = ImageDataset(BENCHMARKS / 'IIIT5k_3000', charset, is_training=False)
     assert ds.num_samples == 3000 and len(ds) == 3000
     assert ds[2999][0].shape == (3, 32, 128)
+
+
+def test_a_test_sample_without_its_image_key_says_so(tmp_path):
+    import lmdb
+
+    from dataset import close_lmdb
+    from tests.helpers import render_lmdb
+
+    root = render_lmdb(tmp_path / 'lmdb', 3)
+    with lmdb.open(str(root), map_size=1 << 26) as env, env.begin(write=True) as txn:
+        txn.delete(b'image-000000002')
+    charset = CharsetMapper(REPO_ROOT / 'data' / 'charset_36.txt')
+    ds = ImageDataset(root, charset, is_training=False)
+    with pytest.raises(DatasetError, match=r'sample 2 has a label but no image-000000002 key'):
+        ds[1]
+    close_lmdb(root)
+
+
+def test_unknown_chars_of_a_label():
+    charset = CharsetMapper(REPO_ROOT / 'data' / 'charset_36.txt')
+    assert charset.unknown_chars('Дом-42!') == 'дом'  # punctuation is dropped by design, not reported
+    assert charset.unknown_chars('straße') == 'ß'
+    assert charset.unknown_chars('cat') == ''

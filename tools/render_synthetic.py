@@ -259,6 +259,24 @@ def pick_font(text: str, fonts: Sequence[str], rng: np.random.Generator) -> int:
     return covering[rng.integers(len(covering))]
 
 
+def text_alphabet(words: Sequence[str]) -> str:
+    """Every character the renders of `words` can hold: their own, and the upper-case ones apply_case draws (a
+    corpus's random strings and numbers are letters and digits, which its words' letters and 0-9 stand for)."""
+    chars = set(''.join(words))
+    chars |= {c.upper() for c in chars if len(c.upper()) == 1}
+    return ''.join(sorted(chars))
+
+
+def coverage_line(fonts: Sequence[str], alphabet: str, what: str) -> str:
+    """'K of N fonts cover the whole vocabulary (M characters)': each render still only uses a font that has every
+    character of its own label (pick_font)."""
+    covering = sum(font_covers(f, alphabet) for f in fonts)
+    line = f'{covering} of {len(fonts)} fonts cover the whole {what} ({len(alphabet)} characters)'
+    if covering < len(fonts):
+        line += '; the others draw only the labels whose characters they all have'
+    return line
+
+
 # Set in each worker by _init_worker (and in the main process when --workers is 1).
 _VOCAB: list[str] = []
 _FONTS: list[str] = []
@@ -392,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.vocab_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.vocab_out).write_text(''.join(w + '\n' for w in vocab), encoding='utf-8')
         scene, corpus = scene_setup(args) if args.style == 'scene' else (None, None)
+        if corpus is not None:
+            print(coverage_line(fonts, text_alphabet([*corpus.words, string.ascii_letters + string.digits]),
+                                'corpus alphabet'))
+        else:
+            print(coverage_line(fonts, text_alphabet(vocab), 'vocabulary'))
         used: Counter = Counter()
         for split_id, (split, num) in enumerate((('train', args.num_train), ('test', args.num_test))):
             used += render_split(output / split, num, args.seed, split_id, vocab, fonts, args.height, args.workers,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import partial
 from typing import Callable
 
@@ -15,19 +14,14 @@ from torch.utils.data import DataLoader
 from losses.conclr_loss import ConCLRLoss, view_weights
 from losses.recognition import RecognitionLoss, first_weight
 from support.checkpoint import load_weights
+from training.validate import check_geometry, model_class, optimizer_args, optimizer_class
 from utils import Config, ConfigError
 
 
 def build_model(config: Config) -> nn.Module:
     """Instantiate `model.name` (a class under modules/) and load `model.vision.checkpoint`, `model.checkpoint`."""
-    module_name, _, class_name = config.model_name.rpartition('.')
-    if not module_name.startswith('modules.'):
-        raise ConfigError(f'model.name {config.model_name!r} must name a class under modules/')
-    try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f'model.name {config.model_name!r}: no such class') from None
-    model = model_class(config)
+    check_geometry(config, config.path or 'config')
+    model = model_class(config)(config)
     for path in (config.model_vision_checkpoint, config.model_checkpoint):
         if path:
             load_weights(model, path, strict=config.model_strict)
@@ -53,13 +47,9 @@ def build_loss(config: Config, conclr: bool) -> nn.Module:
 
 
 def optimizer_func(config: Config) -> Callable[..., torch.optim.Optimizer]:
-    """`optimizer.type` (a torch.optim class) with its `optimizer.args`; call it with parameters and lr."""
-    opt_class = getattr(torch.optim, config.optimizer_type, None)
-    if opt_class is None:
-        raise ConfigError(f'optimizer.type {config.optimizer_type!r} is not a torch.optim class')
-    opt_args = {k.removeprefix('optimizer_args_'): tuple(v) if isinstance(v, list) else v
-                for k, v in config.items() if k.startswith('optimizer_args_') and v is not None}
-    return partial(opt_class, **opt_args)
+    """`optimizer.type` (a torch.optim class) with the `optimizer.args` its signature takes; call it with
+    parameters and lr."""
+    return partial(optimizer_class(config), **optimizer_args(config))
 
 
 def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_dl: DataLoader,

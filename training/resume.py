@@ -11,10 +11,13 @@ from fastai.basic_train import Learner
 from torch import nn
 
 from support.checkpoint import (
+    HEAD_PREFIX,
+    CheckpointError,
     ResumePoint,
     find_checkpoint,
     load_checkpoint,
     load_weights,
+    model_state,
     periodic_checkpoints,
     restore_rng,
     resume_point,
@@ -54,9 +57,18 @@ class Resume:
         return point
 
     def restore_model(self, model: nn.Module) -> None:
-        """Load the checkpoint's weights (strictly) into `model`."""
-        if self.path is not None:
-            load_weights(model, self.path, strict=True)
+        """Load the checkpoint's weights (strictly) into `model`; CheckpointError when the checkpoint is of the other
+        model type (ConCLR with its projection head vs ABINet-Vision): a resumed run continues the same model."""
+        if self.path is None:
+            return
+        file_head = any(k.startswith(HEAD_PREFIX) for k in model_state(self.state, self.path))
+        own_head = any(k.startswith(HEAD_PREFIX) for k in getattr(model, 'module', model).state_dict())
+        if file_head != own_head:
+            kinds = {True: 'ConCLR-Vision (with a projection head)', False: 'ABINet-Vision (no projection head)'}
+            raise CheckpointError(f'--resume {self.path}: a checkpoint of {kinds[file_head]}, but this config builds '
+                                  f'{type(model).__name__}, {kinds[own_head]}: resume with the config it was trained '
+                                  'with (to start another model from its weights use --checkpoint instead)')
+        load_weights(model, self.path, strict=True)
 
     def restore_optimizer(self, learn: Learner, config: Config, logger: logging.Logger) -> None:
         """Create the Learner's optimiser with the checkpoint's state (a warning when it holds none)."""
@@ -66,7 +78,17 @@ class Resume:
             logger.warning(f'{self.path} holds no optimiser state: the optimiser starts afresh')
             return
         learn.create_opt(config.optimizer_lr, config.optimizer_wd)
-        learn.opt.load_state_dict(self.state['opt'])
+        opt = learn.opt.opt
+        other = (f'--resume {self.path}: its optimiser state does not fit optimizer.type {config.optimizer_type} of '
+                 'this config')
+        try:
+            learn.opt.load_state_dict(self.state['opt'])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f'{other} ({e}): resume with the config it was trained with') from None
+        missing = sorted({k for group in opt.param_groups for k in opt.defaults if k not in group})
+        if missing:
+            raise CheckpointError(f'{other}: it lacks {", ".join(missing)}, so it was saved by another optimiser '
+                                  'type; resume with the config it was trained with')
         align_optimizer_state(learn.opt.opt)  # NCHW moments from the file, channels-last weights
 
     def restore_scaler(self, scaler: Any) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from callbacks.amp import MixedPrecision, amp_mode
 from dataset import ImageDataset, dataset_kwargs, named_test_sets
 from modules.decoding import decode_logits
-from support.checkpoint import CheckpointError
+from support.checkpoint import choose_checkpoint
 from support.distributed import DistEnv, current_env, setup_rank_logger
 from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
 from support.memory_format import enable_cudnn_autotune
@@ -22,6 +22,7 @@ from support.pictures import attention_maps, attention_picture, denormalize, sav
 from training.builders import build_learner, build_model
 from training.loaders import test_loader
 from training.run_log import log_config_notes
+from training.validate import validate_config
 from utils import CharsetMapper, Config
 
 ATTENTION_PICTURES_PER_SET = 16
@@ -38,15 +39,19 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     env = env or current_env(device)
     if backend == 'onnxruntime' and device.type != 'cpu':
         raise OnnxBackendError(f'--backend onnxruntime runs on the CPU, not on {device}')
-    best = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
+    validate_config(config)
+    chosen, why = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
     amp = amp_mode(config.training_amp)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
     logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()
     log_config_notes(config, env, logger)
-    if best is not None:
-        config.model_checkpoint = str(best)
-        logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
+    for ds in test_sets.values():
+        if ds.missing_note() and env.is_main:
+            logger.warning(ds.missing_note())
+    if chosen != config.model_checkpoint:
+        config.model_checkpoint = chosen
+    logger.info(why)
     model = build_model(config)
     if backend == 'onnxruntime':
         checkpoints = [p for p in (config.model_vision_checkpoint, config.model_checkpoint) if p]
@@ -62,19 +67,15 @@ def test(config: Config, device: torch.device, image_only: bool = False,
         learn.callbacks.append(MixedPrecision(learn, amp, device.type))
     elif amp:
         logger.info(f'training.amp {config.training_amp} does not apply: ONNX Runtime runs the float32 graph')
-    if env.is_main:
+    results = [evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
+                        left_out=test_sets[name].num_left_out) for name, dl in loaders.items()]
+    rows = table_rows(results)
+    if env.is_main:  # only once every set is evaluated: a failed test run leaves the earlier results in place
         set_aside_previous_results(config.workdir, logger)
-    results = []
-    for name, dl in loaders.items():
-        result = evaluate(learn, dl, charset, config.dataset_eval_case_sensitive, record=True, name=name,
-                          left_out=test_sets[name].num_left_out)
-        results.append(result)
-        if env.is_main:
+        for name, result in zip(loaders, results):
             _dump_predictions(config.workdir / 'predictions' / f'{name}.tsv', result)
             if not image_only:
                 _attention_pictures(model, test_sets[name], charset, config.workdir / 'attention' / name, device)
-    rows = table_rows(results)
-    if env.is_main:
         logger.info('results\n' + format_table(rows))
         write_csv(rows, config.workdir / 'test_results.csv')
         logger.info(f'wrote {config.workdir / "test_results.csv"} and per-sample predictions in '
@@ -88,16 +89,13 @@ def best_checkpoint(config: Config) -> Path:
     return config.workdir / f'best-{config.global_name}.pth'
 
 
-def checkpoint_to_test(config: Config) -> Path | None:
-    """None when `model.checkpoint` (--checkpoint) is set; else the run's best checkpoint, which the test phase
-    evaluates then, as upstream (an error naming it when it does not exist)."""
-    if config.model_checkpoint:
-        return None
-    path = best_checkpoint(config)
-    if not path.is_file():
-        raise CheckpointError(f'no --checkpoint given and the run\'s best checkpoint {path} does not exist '
-                              '(train first, or pass --checkpoint PATH)')
-    return path
+def checkpoint_to_test(config: Config) -> tuple[str, str]:
+    """The checkpoint the test phase evaluates and why: --checkpoint (or a model.checkpoint set in code); else the
+    run's best when it exists (model.checkpoint in the config file is where fine-tuning started); else
+    model.checkpoint; an error naming the best's path when there is none."""
+    configured = config.model_checkpoint or None
+    given = configured if config.source_of('model_checkpoint') not in (None, config.path) else None
+    return choose_checkpoint(given, configured, best_checkpoint(config))
 
 
 TEST_OUTPUTS = ('test_results.csv', 'predictions', 'attention')

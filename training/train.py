@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from fastai.basic_train import Learner
@@ -37,6 +37,7 @@ from support.distributed import (
     DistEnv,
     ResumableDistributedSampler,
     all_gather_objects,
+    broadcast_object,
     current_env,
     local_batch_size,
     setup_rank_logger,
@@ -46,11 +47,13 @@ from support.distributed import (
 from support.evaluation import evaluate
 from support.memory_format import enable_cudnn_autotune, weights_memory_format
 from support.pictures import log_eval_images
+from support.run_lock import RunLock, RunLockError, check_resume_source
 from support.stop_signal import Interrupted, StopSignal
 from training.builders import build_learner, build_model, is_conclr
 from training.loaders import eval_dataloader, loader_seed, train_dataloader
 from training.resume import Resume
 from training.run_log import log_config_notes
+from training.validate import validate_config
 from utils import CharsetMapper, Config, seed_everything
 
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
@@ -102,6 +105,9 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
                     f'{global_batch} = {env.world_size} x {local_batch_size(global_batch, env.world_size)}')
     logger.info(f'training samples {len(data.train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(data.valid_set)} from {", ".join(data.test_sets)}')
+    for ds in data.test_sets.values():
+        if ds.missing_note() and env.is_main:
+            logger.warning(ds.missing_note())
     if len(data.train_set) < global_batch:
         raise DatasetError(f'{len(data.train_set)} training samples are fewer than one batch ({global_batch})')
     return logger
@@ -259,10 +265,43 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     checkpoint and raise Interrupted.
     """
     env = env or current_env(device)
+    validate_config(config)  # a config that cannot make a run is an error before any data opens
     amp_mode(config.training_amp)  # a bad value is an error before any data opens
     seed_everything(config.global_seed)
     data = open_data(config)
+    with own_workdir(config, env) as lock:
+        return _train(config, device, env, stop, data, lock)
+
+
+@contextmanager
+def own_workdir(config: Config, env: DistEnv) -> Iterator[RunLock | None]:
+    """Hold the work directory's lock while the block runs (rank 0; every rank learns whether it could): a live
+    run there, or one writing the folder `training.resume` names, is a RunLockError on every rank."""
+    lock, problem = None, None
+    if env.is_main:
+        try:
+            check_resume_source(config.training_resume, config.workdir)
+            lock = RunLock.acquire(config.workdir)
+        except RunLockError as e:
+            problem = str(e)
+        except OSError as e:  # said on every rank: the others would otherwise wait for rank 0 in the broadcast
+            problem = f'work directory {config.workdir}: cannot create its lock file: {e.strerror or e}'
+    problem = broadcast_object(problem)
+    if problem is not None:
+        raise RunLockError(problem)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: Config, device: torch.device, env: DistEnv, stop: StopSignal | None, data: TrainData,
+           lock: RunLock | None) -> IterationCallback:
+    """train() once the data is open and the work directory is this run's."""
     logger = start_log(config, env, device, data)
+    if lock is not None and lock.taken_over:
+        logger.warning(lock.taken_over)
     resume = Resume.read(config)
     loaders = make_loaders(config, env, device, data, resume, logger)
     model = make_model(config, env, device, resume, logger)

@@ -396,3 +396,26 @@ def test_checkpoint_of_another_model_size_says_so_with_counts(tmp_path, config):
                               f'tensors fit); shape mismatch {len(other_shape)} ({other_shape[0]} ')
     assert f'(+{len(other_shape) - 3} more)' in message and len(message) < 600
     assert message.endswith('this checkpoint was made with another model size: use the config it was trained with')
+
+
+def test_a_write_that_torch_wraps_still_says_why(tmp_path):
+    """torch's writer may turn the OSError of a full disk into its own RuntimeError: the cause is still named."""
+    wrapped = RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 64')
+    wrapped.__context__ = OSError(28, 'No space left on device')
+    assert checkpoint._write_failure(wrapped, tmp_path / 'a.pth') == 'No space left on device'
+    assert checkpoint._write_failure(RuntimeError('something else'), tmp_path / 'a.pth') is None
+    bare = RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 64')
+    assert checkpoint._write_failure(bare, tmp_path / 'a.pth').startswith('the write failed (')  # space left here
+
+
+def test_choose_checkpoint_prefers_the_flag_then_the_runs_best_then_model_checkpoint(tmp_path):
+    best = tmp_path / 'best-run.pth'
+    assert checkpoint.choose_checkpoint('x.pth', 'start.pth', best)[0] == 'x.pth'
+    assert checkpoint.choose_checkpoint(None, 'start.pth', best) == (
+        'start.pth', f'no --checkpoint given and the run has no best checkpoint ({best}) yet: loading '
+        'model.checkpoint start.pth')
+    with pytest.raises(CheckpointError, match='does not exist'):
+        checkpoint.choose_checkpoint(None, None, best)
+    best.write_bytes(b'')
+    path, why = checkpoint.choose_checkpoint(None, 'start.pth', best)
+    assert path == str(best) and why.startswith('model.checkpoint start.pth is where this run started; ')

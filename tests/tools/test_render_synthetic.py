@@ -141,3 +141,27 @@ def test_cli_reads_vocab_file_and_refuses_to_overwrite(tmp_path, capsys):
     assert 'already exists' in capsys.readouterr().err
     assert R.main(args + ['--overwrite']) == 0
     assert R.main(['--output', str(tmp_path / 't'), '--vocab', str(tmp_path / 'none.txt')]) == 1
+
+
+CYRILLIC_WORDS = ['дом', 'кот', 'река', 'свет', 'звезда', 'молоко', 'окно', 'жизнь', 'щука', 'юла', 'эхо', 'шарф']
+
+
+def test_cyrillic_vocabulary_renders_only_with_fonts_that_cover_each_label(tmp_path, capsys):
+    """matplotlib's DejaVu faces have Cyrillic, its cmr10 / STIX faces do not: every render's font must still hold
+    every character of its label, and the renderer says how many fonts cover the whole vocabulary."""
+    fonts = R.find_fonts()
+    alphabet = R.text_alphabet(CYRILLIC_WORDS)
+    covering = [f for f in fonts if R.font_covers(f, alphabet)]
+    assert 0 < len(covering) < len(fonts)  # the case that drew empty boxes before: some fonts lack the letters
+    R._init_worker(CYRILLIC_WORDS, fonts, 32)
+    rendered = [item for chunk in range(6) for item in R._render_chunk((0, 0, chunk, 20))]
+    assert {text.lower() for _, text, _ in rendered} <= set(CYRILLIC_WORDS)
+    assert all(R.font_covers(fonts[index], text) for _, text, index in rendered)
+
+    vocab = tmp_path / 'words.txt'
+    vocab.write_text('\n'.join(CYRILLIC_WORDS), encoding='utf-8')
+    assert R.main(['--output', str(tmp_path / 's'), '--num_train', '30', '--num_test', '5', '--vocab', str(vocab),
+                   '--workers', '1']) == 0
+    printed = capsys.readouterr().out
+    assert (f'{len(covering)} of {len(fonts)} fonts cover the whole vocabulary ({len(alphabet)} characters); the '
+            'others draw only the labels whose characters they all have') in printed
