@@ -66,6 +66,7 @@ RANGES: dict[str, Range] = {
     'training_stats_iters': COUNT,
     'training_max_iters': COUNT,
     'training_max_nonfinite': COUNT,
+    'training_accumulate': COUNT,
     'training_tau': POSITIVE,
     'training_alpha': NON_NEGATIVE,
     'optimizer_lr': POSITIVE,

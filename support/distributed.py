@@ -131,12 +131,14 @@ def cleanup_distributed(failed: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def local_batch_size(global_batch: int, world_size: int) -> int:
-    """The per-process share of the global batch; an error when it does not split evenly."""
-    if global_batch % world_size:
+def local_batch_size(global_batch: int, world_size: int, accumulate: int = 1) -> int:
+    """The per-process share of the global batch, per micro-batch when `accumulate` > 1; an error when it does
+    not split evenly."""
+    if global_batch % (world_size * accumulate):
+        extra = f' x training.accumulate {accumulate}' if accumulate > 1 else ''
         raise ConfigError(f'dataset.train.batch_size {global_batch} (the global batch) is not divisible by the '
-                          f'{world_size} processes')
-    return global_batch // world_size
+                          f'{world_size} processes{extra}')
+    return global_batch // (world_size * accumulate)
 
 
 def setup_rank_logger(workdir: str | Path, phase: str, env: DistEnv, name: str = 'conclr') -> logging.Logger:
@@ -236,28 +238,38 @@ class ResumableDistributedSampler(DistributedSampler):
 
     Every epoch is one permutation drawn from `seed + epoch`, cut to a multiple of the number of processes;
     process r takes positions r, r + W, ... So a run that resumes in epoch `skip_epoch` after `skip_batches`
-    batches of `batch_size` sees exactly the samples the interrupted run had left in that epoch.
+    batches of `batch_size` sees exactly the samples the interrupted run had left in that epoch. With `accumulate`
+    k > 1 a "batch" here is one optimiser step of k loader batches of `batch_size` (the skip counts steps) and every
+    epoch's shard is cut to a whole number of steps.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 batch_size: int = 1, shuffle: bool = True):
+                 batch_size: int = 1, shuffle: bool = True, accumulate: int = 1):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self.batch_size = batch_size
+        self.batch_size, self.accumulate = batch_size, accumulate
         self.skip_epoch, self.skip_batches = -1, 0
 
     def resume_at(self, epoch: int, batches: int) -> None:
         """Skip the first `batches` batches of epoch `epoch` (only of that epoch)."""
         self.skip_epoch, self.skip_batches = epoch, batches
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch of this shard."""
+        return self.num_samples // (self.batch_size * self.accumulate)
+
     def _skip(self) -> int:
-        return self.skip_batches * self.batch_size if self.epoch == self.skip_epoch else 0
+        return self.skip_batches * self.batch_size * self.accumulate if self.epoch == self.skip_epoch else 0
+
+    def _end(self) -> int:
+        return self.num_samples if self.accumulate == 1 else self.steps_per_epoch * self.batch_size * self.accumulate
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        return iter(indices[self._skip():])
+        return iter(indices[self._skip():self._end()])
 
     def __len__(self) -> int:
-        return max(self.num_samples - self._skip(), 0)
+        return max(self._end() - self._skip(), 0)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

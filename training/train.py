@@ -13,10 +13,10 @@ from typing import Any, Callable
 import torch
 from fastai.basic_train import Learner
 from fastai.callback import Callback
-from fastai.train import GradientClipping
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from callbacks.accumulate import GradientAccumulation, GradientClipping, check_accumulate
 from callbacks.amp import MixedPrecision, amp_mode
 from callbacks.conaug import ConAugPretransform
 from callbacks.distributed import DistributedTrainer
@@ -58,6 +58,8 @@ DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
 # Test hook: "RANK:ITERATION" makes that rank fail as it starts that training iteration (1-based), as a loader
 # error would, so the tests can check that a failing rank ends the whole job instead of hanging it.
 FAIL_AT_ENV = 'CONCLR_TEST_FAIL_AT'
+# In a distributed run the ranks agree on a stop request (a gloo all-reduce) every this many optimiser steps.
+STOP_CHECK_STEPS = 5
 
 
 @dataclass
@@ -97,9 +99,13 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
     logger = setup_rank_logger(config.workdir, 'train', env)
     logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
     log_config_notes(config, env, logger)
-    if env.distributed:
-        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
-                    f'{global_batch} = {env.world_size} x {local_batch_size(global_batch, env.world_size)}')
+    accumulate = check_accumulate(config.training_accumulate)
+    micro = local_batch_size(global_batch, env.world_size, accumulate)
+    if env.distributed or accumulate > 1:
+        backend = f' ({"NCCL" if device.type == "cuda" else "gloo"})' if env.distributed else ''
+        processes = f'{env.world_size} processes' if env.distributed else '1 process'
+        logger.info(f'{processes}{backend}: global batch {global_batch} = {env.world_size} x '
+                    f'{micro}' + (f' x {accumulate} accumulated micro-batches' if accumulate > 1 else ''))
     logger.info(f'training samples {len(data.train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(data.valid_set)} from {", ".join(data.test_sets)}')
     if len(data.train_set) < global_batch:
@@ -110,10 +116,12 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
 def make_loaders(config: Config, env: DistEnv, device: torch.device, data: TrainData, resume: Resume,
                  logger: logging.Logger) -> Loaders:
     """Step 3: the sampler placed at the (resumed) start, and the loaders."""
-    batch = local_batch_size(config.dataset_train_batch_size, env.world_size)
+    accumulate = config.training_accumulate
+    batch = local_batch_size(config.dataset_train_batch_size, env.world_size, accumulate)
     seed = resume.sampler_seed(config)
-    sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch)
-    iters_per_epoch = sampler.num_samples // batch
+    sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch,
+                                          accumulate=accumulate)
+    iters_per_epoch = sampler.steps_per_epoch  # optimiser steps
     point = resume.point(config, iters_per_epoch, env, logger)
     sampler.resume_at(point.epoch, point.skip_batches)
     sampler.set_epoch(point.epoch)
@@ -151,7 +159,7 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
     amp = amp_mode(config.training_amp)
     if not amp:
         return learn, None
-    precision = MixedPrecision(learn, amp, device.type)
+    precision = MixedPrecision(learn, amp, device.type, accumulate=config.training_accumulate)
     learn.callbacks.append(precision)  # learner-wide: evaluation forward passes run under autocast too
     resume.restore_scaler(precision.scaler)
     logger.info(f'mixed precision {amp}' + (' with a gradient scaler' if precision.scaler else ''))
@@ -179,6 +187,7 @@ def checkpoint_extras(config: Config, env: DistEnv, loaders: Loaders,
     def extra_state() -> dict[str, Any]:
         scaler = precision.scaler.state_dict() if precision is not None and precision.scaler is not None else None
         return {'iters_per_epoch': loaders.iters_per_epoch, 'world_size': env.world_size,
+                'accumulate': config.training_accumulate,
                 'global_batch': config.dataset_train_batch_size, 'sampler_seed': loaders.sampler_seed,
                 'rng': all_gather_objects(capture_rng()), 'scaler': scaler}
     return extra_state
@@ -197,24 +206,34 @@ def make_iteration_callback(config: Config, env: DistEnv, *, learn: Learner, loa
         save_iters=config.training_save_iters, start_iter=point.iteration, max_iters=config.training_max_iters,
         best_cwr=resume.best_cwr, start_epoch=point.epoch, start_batch=point.skip_batches, is_main=env.is_main,
         world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop,
-        records=resume.records())
+        records=resume.records(), accumulate=config.training_accumulate,
+        stop_every=STOP_CHECK_STEPS if env.distributed else 1)
 
 
 def training_callbacks(config: Config, env: DistEnv, *, learn: Learner, loaders: Loaders, data: TrainData,
                        logger: logging.Logger, writer: Any, iteration_cb: IterationCallback) -> list[Callback]:
     """Step 6b: DDP, the non-finite guard, the lr schedule, clipping, ConAug, the iteration bookkeeping."""
-    point = loaders.point
+    point, accumulate = loaders.point, config.training_accumulate
     callbacks: list[Callback] = [
         DistributedTrainer(learn, env, loaders.sampler, point.epoch, sync_bn=config.training_sync_bn,
                            find_unused_parameters=config.training_find_unused_parameters),
-        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
+        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration,
+                       accumulate=accumulate),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
                             config.optimizer_scheduler_gamma, point.iteration, loaders.iters_per_epoch,
                             warmup_iters=config.optimizer_scheduler_warmup_iters,
-                            warmup_from=config.training_start_iters, epochs=config.training_epochs, logger=logger)]
+                            warmup_from=config.training_start_iters, epochs=config.training_epochs, logger=logger,
+                            accumulate=accumulate)]
+    if accumulate > 1:
+        callbacks.append(GradientAccumulation(learn, accumulate))
     if config.optimizer_clip_grad:
-        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
+        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad, accumulate=accumulate))
     if is_conclr(unwrap(learn.model)):
+        if accumulate > 1:
+            micro = learn.data.train_dl.batch_size
+            logger.info(f'training.accumulate {accumulate}: ConAug pairs and contrastive negatives come from one '
+                        f'micro-batch of {micro} images per process, so ConCLR\'s objective is not that of one batch '
+                        f'of {config.dataset_train_batch_size} (docs/distributed.md)')
         callbacks.append(ConAugPretransform(side=config.conaug_side, charset=data.charset,
                                             test_conaug=config.dataset_test_conaug and env.is_main,
                                             workdir=config.workdir, writer=writer))
