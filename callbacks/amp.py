@@ -25,15 +25,27 @@ AMP_MODES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 _OFF = {None, False, 'off', 'no', 'none', 'fp32', 'float32'}
 
 
-def amp_mode(value: Any) -> str | None:
-    """'bf16', 'fp16' or None (off) from a config value (`off` in YAML reads as False)."""
+def amp_mode(value: Any, device: torch.device | str | None = None) -> str | None:
+    """'bf16', 'fp16' or None (off) from a config value (`off` in YAML reads as False); `auto` is bf16 on a CUDA
+    `device` that supports it and off elsewhere (the CPU, older GPUs, or no device given)."""
     if isinstance(value, str):
         value = value.strip().lower()
     if value in _OFF:
         return None
+    if value == 'auto':
+        return 'bf16' if bf16_supported(device) else None
     if value not in AMP_MODES:
-        raise ConfigError(f'training.amp {value!r}: expected off, bf16 or fp16')
+        raise ConfigError(f'training.amp {value!r}: expected off, auto, bf16 or fp16')
     return value
+
+
+def bf16_supported(device: torch.device | str | None) -> bool:
+    """Whether `device` is a CUDA GPU with bfloat16 arithmetic (Ampere or later)."""
+    if device is None or torch.device(device).type != 'cuda' or not torch.cuda.is_available():
+        return False
+    index = torch.device(device).index
+    with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def to_float32(output: Any) -> Any:

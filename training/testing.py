@@ -35,7 +35,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
     """
     env = env or current_env(device)
     best = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
-    amp = amp_mode(config.training_amp)
+    amp = amp_mode(config.training_amp, device)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
     logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()

@@ -156,8 +156,10 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
         seed_everything((config.global_seed if config.global_seed is not None else torch.initial_seed()) + env.rank)
     learn = build_learner(config, model, loaders.train_dl, loaders.valid_dl, device)
     resume.restore_optimizer(learn, config, logger)
-    amp = amp_mode(config.training_amp)
+    amp = amp_mode(config.training_amp, device)
     if not amp:
+        if str(config.training_amp).strip().lower() == 'auto':
+            logger.info(f'training.amp auto: float32 on {device} (bf16 needs a CUDA GPU that has it)')
         return learn, None
     precision = MixedPrecision(learn, amp, device.type, accumulate=config.training_accumulate)
     learn.callbacks.append(precision)  # learner-wide: evaluation forward passes run under autocast too
@@ -274,7 +276,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     checkpoint and raise Interrupted.
     """
     env = env or current_env(device)
-    amp_mode(config.training_amp)  # a bad value is an error before any data opens
+    amp_mode(config.training_amp, device)  # a bad value is an error before any data opens
     seed_everything(config.global_seed)
     data = open_data(config)
     logger = start_log(config, env, device, data)
