@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from callbacks.accumulate import GradientAccumulation, GradientClipping, check_accumulate
-from callbacks.amp import MixedPrecision, amp_mode
+from callbacks.amp import MixedPrecision, amp_mode, bf16_supported
 from callbacks.conaug import ConAugPretransform
 from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback
@@ -44,6 +44,15 @@ from support.distributed import (
     unwrap,
 )
 from support.evaluation import evaluate
+from support.memory_estimate import (
+    MemoryEstimate,
+    MemoryEstimateError,
+    check_fits,
+    free_memory,
+    local_processes,
+    measure,
+    out_of_memory_line,
+)
 from support.memory_format import enable_cudnn_autotune, weights_memory_format
 from support.pictures import log_eval_images
 from support.stop_signal import Interrupted, StopSignal
@@ -168,6 +177,27 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
     return learn, precision
 
 
+def check_memory(config: Config, env: DistEnv, device: torch.device, model: nn.Module,
+                 precision: MixedPrecision | None, logger: logging.Logger) -> MemoryEstimate | None:
+    """Step 5b: the memory a step will need against the device's free memory (one log line); a one-line
+    MemoryEstimateError with advice when it will not fit. Off with `training.memory_check: false`."""
+    if not config.training_memory_check:
+        return None
+    accumulate = config.training_accumulate
+    micro = local_batch_size(config.dataset_train_batch_size, env.world_size, accumulate)
+    shape = (3, config.dataset_image_height, config.dataset_image_width)
+    views = 3 if is_conclr(model) else 1
+    amp = precision.mode if precision is not None else None
+    estimate = measure(model, shape, views, device, precision.dtype if precision is not None else None, micro, amp)
+    bf16 = None
+    if amp is None and bf16_supported(device):
+        bf16 = measure(model, shape, views, device, torch.bfloat16, micro, 'bf16')
+    line = check_fits(estimate, free_memory(device, local_processes()), device, config.dataset_train_batch_size,
+                      env.world_size, accumulate, bf16)
+    logger.info(line)
+    return estimate
+
+
 def evaluator(config: Config, learn: Learner, data: TrainData, writer: Any,
               stop: StopSignal | None) -> Callable[[int], dict[str, float] | None]:
     """The evaluation IterationCallback runs: loss and metrics on the valid set, TensorBoard pictures; None when
@@ -256,12 +286,16 @@ def nothing_left(config: Config, loaders: Loaders, logger: logging.Logger) -> bo
 
 
 def fit(config: Config, learn: Learner, loaders: Loaders, callbacks: list[Callback],
-        stop: StopSignal | None) -> None:
+        stop: StopSignal | None, oom_line: Callable[[], str] | None = None) -> None:
     """Step 7: fastai's fit over the epochs left (signals deferred to step boundaries); the loader's workers
-    end with it."""
+    end with it. Running out of device memory ends with `oom_line()`'s one line instead of a traceback."""
     try:
         with stop.deferred() if stop is not None else nullcontext():
             learn.fit(config.training_epochs - loaders.point.epoch, lr=config.optimizer_lr, callbacks=callbacks)
+    except torch.OutOfMemoryError:
+        if oom_line is None:
+            raise
+        raise MemoryEstimateError(oom_line()) from None
     finally:
         shutdown_workers(loaders.train_dl)  # the Learner's reference cycle would keep them alive after train()
 
@@ -284,6 +318,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     loaders = make_loaders(config, env, device, data, resume, logger)
     model = make_model(config, env, device, resume, logger)
     learn, precision = make_learner(config, env, device, model, loaders, resume, logger)
+    estimate = check_memory(config, env, device, model, precision, logger)
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(config.workdir)) if env.is_main else None
     try:
@@ -296,7 +331,12 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
         callbacks = training_callbacks(config, env, learn=learn, loaders=loaders, data=data, logger=logger,
                                        writer=writer, iteration_cb=iteration_cb)
         resume.restore_rng(env)
-        fit(config, learn, loaders, callbacks, stop)
+
+        def oom_line() -> str:
+            return out_of_memory_line(estimate, device, config.dataset_train_batch_size, env.world_size,
+                                      config.training_accumulate, precision.mode if precision else None,
+                                      iteration_cb.iteration + 1)
+        fit(config, learn, loaders, callbacks, stop, oom_line)
     finally:
         if writer is not None:
             writer.close()
