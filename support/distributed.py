@@ -74,6 +74,30 @@ def group_timeout(seconds: float | None) -> datetime.timedelta | None:
     return datetime.timedelta(seconds=seconds)
 
 
+_CPU_GROUP: dict[str, Any] = {}
+
+
+def create_cpu_group(timeout: datetime.timedelta | None) -> Any:
+    """Under NCCL, the gloo group for small CPU collectives (the stop agreement), made now, at setup, by every rank
+    in the same order, with the run's `global.dist_timeout`; None under gloo (the default group serves)."""
+    _CPU_GROUP.clear()
+    if dist.get_backend() == 'gloo':
+        return None
+    extra = {'timeout': timeout} if timeout is not None else {}
+    _CPU_GROUP['group'] = dist.new_group(backend='gloo', **extra)
+    return _CPU_GROUP['group']
+
+
+def cpu_group() -> Any:
+    """The process group for small CPU collectives: the default one under gloo, else the gloo group of
+    `create_cpu_group` (made on first use, with torch's default timeout, when setup did not make it)."""
+    if dist.get_backend() == 'gloo':
+        return None
+    if 'group' not in _CPU_GROUP:
+        _CPU_GROUP['group'] = dist.new_group(backend='gloo')
+    return _CPU_GROUP['group']
+
+
 def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
@@ -91,6 +115,7 @@ def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> Dis
         if not dist.is_initialized():
             extra = {'timeout': timeout} if timeout is not None else {}
             dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
+            create_cpu_group(timeout)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
         device = _local_gpu(int(os.environ.get('LOCAL_RANK', 0)))
@@ -121,6 +146,7 @@ def cleanup_distributed(failed: bool = False) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    _CPU_GROUP.clear()
     abort = getattr(dist.distributed_c10d, '_abort_process_group', None)
     if failed and abort is not None:
         try:

@@ -16,6 +16,7 @@ from modules.decoding import decode_logits
 from support.checkpoint import CheckpointError
 from support.distributed import DistEnv, current_env, setup_rank_logger
 from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
+from support.matmul_precision import set_tf32
 from support.memory_format import enable_cudnn_autotune
 from support.pictures import attention_maps, attention_picture, denormalize, save_rgb
 from training.builders import build_learner, build_model
@@ -45,6 +46,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
         logger.info(f'no --checkpoint given: loading the run\'s best checkpoint {best}')
     model = build_model(config)
     enable_cudnn_autotune(device)
+    set_tf32(config.training_tf32, device)
     logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else ''))
     loaders = {name: test_loader(config, ds, device) for name, ds in test_sets.items()}

@@ -44,6 +44,7 @@ from support.distributed import (
     unwrap,
 )
 from support.evaluation import evaluate
+from support.matmul_precision import set_tf32
 from support.memory_estimate import (
     MemoryEstimate,
     MemoryEstimateError,
@@ -56,7 +57,7 @@ from support.memory_estimate import (
 from support.memory_format import enable_cudnn_autotune, weights_memory_format
 from support.pictures import log_eval_images
 from support.stop_signal import Interrupted, StopSignal
-from training.builders import build_learner, build_model, is_conclr
+from training.builders import build_learner, build_model, check_optimizer_precision, is_conclr
 from training.loaders import eval_dataloader, loader_seed, train_dataloader
 from training.resume import Resume
 from training.run_log import log_config_notes
@@ -136,7 +137,8 @@ def make_loaders(config: Config, env: DistEnv, device: torch.device, data: Train
     sampler.set_epoch(point.epoch)
     train_dl = train_dataloader(config, data.train_set, sampler, batch, device,
                                 seed=loader_seed(seed, env.rank, point.iteration))
-    return Loaders(sampler, train_dl, eval_dataloader(config, data.valid_set, device), iters_per_epoch, point, seed)
+    valid_dl = eval_dataloader(config, data.valid_set, device, persistent=True)  # evaluated again and again
+    return Loaders(sampler, train_dl, valid_dl, iters_per_epoch, point, seed)
 
 
 def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resume,
@@ -153,6 +155,8 @@ def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resum
             logger.warning('training.channels_last is ignored on the CPU')
     if enable_cudnn_autotune(device):
         logger.info('cudnn.benchmark on (fixed input shapes)')
+    if set_tf32(config.training_tf32, device):
+        logger.info('TF32 matrix products and convolutions on (training.tf32)')
     if config.training_sync_bn and env.distributed and device.type != 'cuda':
         logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
     return model
@@ -163,9 +167,10 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
     """Step 5: the Learner with the resumed optimiser state, and mixed precision when `training.amp` asks."""
     if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
         seed_everything((config.global_seed if config.global_seed is not None else torch.initial_seed()) + env.rank)
+    amp = amp_mode(config.training_amp, device)
+    check_optimizer_precision(config, amp)
     learn = build_learner(config, model, loaders.train_dl, loaders.valid_dl, device)
     resume.restore_optimizer(learn, config, logger)
-    amp = amp_mode(config.training_amp, device)
     if not amp:
         if str(config.training_amp).strip().lower() == 'auto':
             logger.info(f'training.amp auto: float32 on {device} (bf16 needs a CUDA GPU that has it)')
@@ -298,6 +303,7 @@ def fit(config: Config, learn: Learner, loaders: Loaders, callbacks: list[Callba
         raise MemoryEstimateError(oom_line()) from None
     finally:
         shutdown_workers(loaders.train_dl)  # the Learner's reference cycle would keep them alive after train()
+        shutdown_workers(loaders.valid_dl)
 
 
 def train(config: Config, device: torch.device, env: DistEnv | None = None,
