@@ -82,9 +82,11 @@ class GradientAccumulation(LearnerCallback):
         self._total = self._total + weight
         return {'last_loss': last_loss * weight}
 
-    def on_backward_end(self, skip_bwd: bool, **kwargs: Any) -> dict | None:
+    def on_backward_end(self, skip_step: bool, **kwargs: Any) -> dict | None:
         self._leave_no_sync()
-        self._skipped = self._skipped or skip_bwd
+        # skip_step set by now means the non-finite guard skipped this micro-batch (skip_bwd alone may just mean
+        # that fp16's MixedPrecision ran the scaled backward itself)
+        self._skipped = self._skipped or skip_step
         if not self._end or self._skipped:
             return {'skip_step': True}
         self._average_gradients()

@@ -201,3 +201,83 @@ def test_accumulated_training_counts_steps_and_resumes_exactly(tmp_path):
     uninterrupted = load_checkpoint(reference.workdir / 'reference_1_7.pth')
     for key, value in uninterrupted['model'].items():
         assert torch.equal(resumed['model'][key], value), key
+
+
+def test_fp16_accumulation_scales_once_per_step_and_an_overflow_skips_the_whole_step(tmp_path):
+    from functools import partial
+
+    from fastai.basic_data import DataBunch
+    from fastai.basic_train import Learner
+    from torch.utils.data import TensorDataset
+
+    from callbacks.amp import MixedPrecision
+
+    g = torch.Generator().manual_seed(1)
+    xs, ys = torch.randn(12, 1, 6, 6, generator=g), torch.randn(12, 2, generator=g)
+    xs[10:] *= 1e5  # the third step's second micro-batch overflows float16: the scaler skips that whole step
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+
+    net, reference = model(), model()
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=2, shuffle=False)
+    learn = Learner(DataBunch(loader, loader, device=CPU), net, opt_func=partial(torch.optim.SGD, lr=0.1),
+                    loss_func=nn.MSELoss(), wd=0.0, true_wd=False, path=str(tmp_path), model_dir='.', silent=True)
+    precision = MixedPrecision(learn, 'fp16', 'cpu', init_scale=256.0, accumulate=2)
+    learn.callbacks.append(precision)
+    learn.fit(1, lr=0.1, callbacks=[_FrozenBatchNorm(net), GradientAccumulation(learn, 2)])
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=256.0)
+    for step in range(2):  # the two steps before the overflowing one
+        for k in range(2):
+            i = 4 * step + 2 * k
+            with torch.autocast('cpu', dtype=torch.float16):
+                out = reference(xs[i:i + 2])
+            scaler.scale(nn.functional.mse_loss(out.float(), ys[i:i + 2]) / 2).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    for p, q in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+    # the overflowing step was skipped whole, and the scaler halved its scale once: it unscaled and stepped once
+    # per optimiser step, not per micro-batch
+    assert precision.scaler.get_scale() == 128.0
+
+
+def test_a_non_finite_micro_batch_skips_its_whole_step(tmp_path):
+    import logging
+    from functools import partial
+
+    from fastai.basic_data import DataBunch
+    from fastai.basic_train import Learner
+    from torch.utils.data import TensorDataset
+
+    from callbacks.nonfinite import NonFiniteGuard
+
+    g = torch.Generator().manual_seed(1)
+    xs, ys = torch.randn(12, 3, generator=g), torch.randn(12, 2, generator=g)
+    xs[6] = float('nan')  # step 2 (samples 4-7), its second micro-batch
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Linear(3, 2)
+
+    net, reference = model(), model()
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=2, shuffle=False)
+    learn = Learner(DataBunch(loader, loader, device=CPU), net, opt_func=partial(torch.optim.SGD, lr=0.1),
+                    loss_func=nn.MSELoss(), wd=0.0, true_wd=False, path=str(tmp_path), model_dir='.', silent=True)
+    guard = NonFiniteGuard(learn, 5, logging.getLogger('test_accumulate'), accumulate=2)
+    learn.fit(1, lr=0.1, callbacks=[_FrozenBatchNorm(net), guard, GradientAccumulation(learn, 2)])
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for step in (0, 2):  # step 1 is skipped whole, its finite first micro-batch included
+        for k in range(2):
+            i = 4 * step + 2 * k
+            (nn.functional.mse_loss(reference(xs[i:i + 2]), ys[i:i + 2]) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+    assert guard.skipped == 1
+    for p, q in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7)
