@@ -77,11 +77,11 @@ def group_timeout(seconds: float | None) -> datetime.timedelta | None:
 _CPU_GROUP: dict[str, Any] = {}
 
 
-def create_cpu_group(timeout: datetime.timedelta | None) -> Any:
+def create_cpu_group(timeout: datetime.timedelta | None, backend: str) -> Any:
     """Under NCCL, the gloo group for small CPU collectives (the stop agreement), made now, at setup, by every rank
     in the same order, with the run's `global.dist_timeout`; None under gloo (the default group serves)."""
     _CPU_GROUP.clear()
-    if dist.get_backend() == 'gloo':
+    if backend == 'gloo':
         return None
     extra = {'timeout': timeout} if timeout is not None else {}
     _CPU_GROUP['group'] = dist.new_group(backend='gloo', **extra)
@@ -98,24 +98,29 @@ def cpu_group() -> Any:
     return _CPU_GROUP['group']
 
 
-def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
+def setup_distributed(stream: Any = None, timeout_s: float | None = None, backend: str | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
     With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise (one
     process on CUDA also takes `cuda:LOCAL_RANK`, LOCAL_RANK 0 when unset, and makes it the current device);
     a collective that waits longer than `timeout_s` seconds for the other processes fails (torch's default when
-    None). A single process that sees several GPUs (main.py with `training.processes: 1`; otherwise it starts one
-    process per GPU) uses one of them and prints one line saying how to use them all.
+    None). `backend` (`global.dist_backend`) overrides the choice; gloo on CUDA lets several processes share the
+    GPUs (process r takes cuda:(LOCAL_RANK mod GPUs)). A single process that sees several GPUs (main.py with
+    `training.processes: 1`; otherwise it starts one process per GPU) uses one of them and prints one line saying
+    how to use them all.
     """
     timeout = group_timeout(timeout_s)
     cuda = torch.cuda.is_available()
+    backend = dist_backend(backend, cuda)
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        device = _local_gpu(local_rank) if cuda else torch.device('cpu')
+        shared = backend == 'gloo' and cuda
+        device = _local_gpu(local_rank % torch.cuda.device_count() if shared else local_rank) if cuda \
+            else torch.device('cpu')
         if not dist.is_initialized():
             extra = {'timeout': timeout} if timeout is not None else {}
-            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
-            create_cpu_group(timeout)
+            dist.init_process_group(backend=backend, init_method='env://', **extra)
+            create_cpu_group(timeout, backend)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
         device = _local_gpu(int(os.environ.get('LOCAL_RANK', 0)))
@@ -125,6 +130,19 @@ def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> Dis
                   f'training.processes: null (or {count})', file=stream or sys.stderr)
         return DistEnv(device=device)
     return DistEnv()
+
+
+def dist_backend(requested: str | None, cuda: bool) -> str:
+    """`global.dist_backend`: 'nccl' or 'gloo'; null = NCCL with CUDA, gloo without; an error for NCCL without
+    CUDA or an unknown name."""
+    if requested is None:
+        return 'nccl' if cuda else 'gloo'
+    name = str(requested).strip().lower()
+    if name not in ('nccl', 'gloo'):
+        raise ConfigError(f'global.dist_backend {requested!r}: expected nccl, gloo or null')
+    if name == 'nccl' and not cuda:
+        raise ConfigError('global.dist_backend nccl needs CUDA GPUs; none is visible (use gloo or null)')
+    return name
 
 
 def _local_gpu(local_rank: int) -> torch.device:

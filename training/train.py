@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from fastai.basic_train import Learner
 from fastai.callback import Callback
 from torch import nn
@@ -112,7 +113,7 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
     accumulate = check_accumulate(config.training_accumulate)
     micro = local_batch_size(global_batch, env.world_size, accumulate)
     if env.distributed or accumulate > 1:
-        backend = f' ({"NCCL" if device.type == "cuda" else "gloo"})' if env.distributed else ''
+        backend = f' ({"NCCL" if dist.get_backend() == "nccl" else "gloo"})' if env.distributed else ''
         processes = f'{env.world_size} processes' if env.distributed else '1 process'
         logger.info(f'{processes}{backend}: global batch {global_batch} = {env.world_size} x '
                     f'{micro}' + (f' x {accumulate} accumulated micro-batches' if accumulate > 1 else ''))

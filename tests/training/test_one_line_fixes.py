@@ -71,12 +71,12 @@ def test_the_stop_group_is_made_at_setup_with_the_runs_timeout(monkeypatch):
     monkeypatch.setattr(distributed.dist, 'get_backend', lambda group=None: 'nccl')
     monkeypatch.setattr(distributed.dist, 'new_group', lambda **kwargs: made.append(kwargs) or 'gloo-group')
     timeout = distributed.group_timeout(600)
-    assert distributed.create_cpu_group(timeout) == 'gloo-group'
+    assert distributed.create_cpu_group(timeout, 'nccl') == 'gloo-group'
     assert made == [{'backend': 'gloo', 'timeout': datetime.timedelta(seconds=600)}]
     assert distributed.cpu_group() == 'gloo-group' and len(made) == 1  # not made again mid-training
     distributed._CPU_GROUP.clear()
     monkeypatch.setattr(distributed.dist, 'get_backend', lambda group=None: 'gloo')
-    assert distributed.create_cpu_group(timeout) is None  # the default group serves under gloo
+    assert distributed.create_cpu_group(timeout, 'gloo') is None  # the default group serves under gloo
 
 
 class _FakeDeviceTensor(torch.Tensor):
