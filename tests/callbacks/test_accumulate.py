@@ -8,19 +8,22 @@ import support.fastai_compat  # noqa: F401
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from fastai.callback import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import main
 from callbacks.accumulate import GradientAccumulation, GradientClipping, check_accumulate, step_ends
 from callbacks.conaug import ConAugPretransform
+from callbacks.distributed import DistributedTrainer
 from support.checkpoint import load_checkpoint
-from support.distributed import ResumableDistributedSampler, local_batch_size
+from support.distributed import DistEnv, ResumableDistributedSampler, local_batch_size
 from tests.helpers import TINY_VISION, randomise, render_lmdb, tiny_config, write_config
+from tests.multiprocess import run_ranks
 from training.builders import build_learner, build_loss, build_model, optimizer_func
 from utils import CharsetMapper, Config, ConfigError
 
@@ -83,11 +86,14 @@ class _FrozenBatchNorm(Callback):
 
 
 def _learner_run(config: Config, model: nn.Module, data: Dataset, batch: int, accumulate: int,
-                 conaug: bool = False) -> nn.Module:
-    """Fit one epoch over `data` in loader batches of `batch`, `accumulate` of them per optimiser step."""
+                 conaug: bool = False, env: DistEnv | None = None) -> nn.Module:
+    """Fit one epoch over `data` in loader batches of `batch`, `accumulate` of them per optimiser step (as one
+    rank of `env` when given)."""
     loader = DataLoader(data, batch_size=batch, shuffle=False, drop_last=True, generator=torch.Generator())
     learn = build_learner(config, model, loader, loader, CPU)
     callbacks = [_FrozenBatchNorm(model), GradientClipping(learn, CLIP, accumulate)]
+    if env is not None:
+        callbacks.append(DistributedTrainer(learn, env))
     if accumulate > 1:
         callbacks.append(GradientAccumulation(learn, accumulate))
     if conaug:
@@ -113,6 +119,31 @@ def test_accumulated_micro_batches_equal_one_batch_of_k_times_the_size_abinet(tm
     big = _learner_run(config, copy.deepcopy(start), data, micro * accumulate, 1)
     accumulated = _learner_run(config, copy.deepcopy(start), data, micro, accumulate)
     _assert_same_weights(accumulated, big, start)
+
+
+def accumulated_rank(rank: int, folder: str) -> None:
+    """One of 2 processes: its half of every global batch of 8 as 2 accumulated micro-batches of 2 (run_ranks)."""
+    (Path(folder) / f'rank{rank}').mkdir()
+    config = _config(Path(folder) / f'rank{rank}', ABINET)
+    data = _Samples(16, config)
+    mine = Subset(data, [i for i in range(16) if (i % 8) // 4 == rank])  # step s: samples 8s + 4r .. 8s + 4r + 3
+    model = _learner_run(config, randomise(build_model(config), seed=1), mine, 2, 2,
+                         env=DistEnv(rank=rank, world_size=2, local_rank=rank))
+    torch.save(model.state_dict(), Path(folder) / f'rank{rank}.pth')
+
+
+def test_two_processes_accumulating_equal_one_batch_of_the_global_size(tmp_path):
+    """Micro-batches weighted by their slots over every process (DDP, gloo): the update of one global batch."""
+    job = run_ranks('tests.callbacks.test_accumulate:accumulated_rank', 2, [str(tmp_path)], timeout=180)
+    assert not job.timed_out and job.returncodes == [0, 0], job.outputs
+    (tmp_path / 'single').mkdir()
+    config = _config(tmp_path / 'single', ABINET)
+    start = randomise(build_model(config), seed=1)
+    big = _learner_run(config, copy.deepcopy(start), _Samples(16, config), 8, 1)
+    for rank in range(2):
+        ranked = copy.deepcopy(start)
+        ranked.load_state_dict(torch.load(tmp_path / f'rank{rank}.pth', weights_only=True))
+        _assert_same_weights(ranked, big, start)
 
 
 def test_accumulated_conclr_equals_a_plain_reference_loop(tmp_path):
