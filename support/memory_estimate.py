@@ -5,8 +5,9 @@ parameter), and the activations: the bytes of the tensors autograd saves for the
 (`torch.autograd.graph.saved_tensors_hooks`), measured on a copy of the model over 2 and 4 images on the training
 device (every view of ConCLR's included, under the run's autocast) and scaled linearly to the micro-batch, plus
 `TRANSIENT` for what a step holds beside them (temporaries, the allocator's rounding) and a fixed `RESERVE` (cuDNN
-workspaces, the CUDA context's share). It is compared with the device's free memory (`torch.cuda.mem_get_info`;
-on the CPU MemAvailable shared by the processes of the node). It is an estimate: the line says so.
+workspaces, the CUDA context's share). It is compared with the memory the process can use
+(`torch.cuda.mem_get_info`'s free memory plus what torch already holds on the GPU; on the CPU MemAvailable shared
+by the processes of the node). It is an estimate: the line says so.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def _forward(model: nn.Module, images: torch.Tensor, views: int, device: torch.d
 
 
 def free_memory(device: torch.device, local_processes: int = 1) -> float | None:
-    """Free bytes for this process: the GPU's free memory, or on the CPU MemAvailable over the node's processes
+    """Bytes this process can still use: on a GPU its free memory plus what torch's caching allocator already
+    holds here (the weights, the measurement's freed blocks), on the CPU MemAvailable over the node's processes
     (None when unknown)."""
     if device.type == 'cuda':
-        return float(torch.cuda.mem_get_info(device)[0])
+        return float(torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device))
     try:
         with open('/proc/meminfo') as f:
             for line in f:
