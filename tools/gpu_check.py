@@ -41,6 +41,7 @@ OPTIONAL = ('train', 'study')  # "if time is left"
 BUDGET_S = 510  # 8.5 minutes for all parts: the issue's 9 minutes less the summary, archive and start-up
 DRY_RUN_LIMIT_S = 900  # per part on a CPU shared with other jobs; only an injected timeout should ever hit it
 TRAIN_STEPS = 300
+FALLBACK_STEPS = 40  # the training part's steps when the benchmark measured no step time (it failed or was cut)
 # where the `cuda`-marked tests live (collecting all tests costs)
 CUDA_TEST_FILES = ('tests/test_cuda_path.py', 'tests/test_user_commands.py')
 KILL_GRACE_S = 5
@@ -158,11 +159,12 @@ def cmd_benchmark(ctx: Context, limit_s: float) -> list[str]:
 
 
 def train_steps(ctx: Context, limit_s: float) -> int:
-    """TRAIN_STEPS, fewer when the benchmark's bf16 ABINet step says they would not fit in the part's limit."""
+    """TRAIN_STEPS, fewer when the benchmark's bf16 ABINet step says they would not fit in the part's limit, and
+    FALLBACK_STEPS when the benchmark left no step time to go by."""
     metrics = read_json(ctx.out / 'benchmark' / 'benchmark.json').get('metrics', {})
     step = metrics.get('train.abinet.step_s@bf16')
     if ctx.dry_run or not step:
-        return 6 if ctx.dry_run else TRAIN_STEPS
+        return 6 if ctx.dry_run else FALLBACK_STEPS
     startup = 50  # rendering, CUDA and loader start-up, two evaluations
     return int(max(50, min(TRAIN_STEPS, (limit_s - startup) / (1.5 * step))))
 
