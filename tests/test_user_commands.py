@@ -5,8 +5,8 @@ Each test has a CPU variant (gloo, in the normal suite; the GPU is hidden with C
 variant (marked `cuda`: skipped without a GPU; `tools/gpu_check.sh` runs it) in which the commands run on the GPU
 with `training.amp: auto` (bf16 there), `demo.py --cuda` bare, and the two DDP processes on two GPUs with NCCL and
 SyncBatchNorm, or
-on one GPU sharing it with gloo (`global.dist_backend: gloo`). Under the GPU check's dry run
-(CONCLR_TEST_DEVICE=cpu) the CUDA variant runs on the CPU instead.
+on one GPU sharing it with gloo (`global.dist_backend: gloo`). With CONCLR_TEST_DEVICE=cpu the CUDA variant runs on
+the CPU instead (the GPU check's dry run leaves this file out: the CPU variants are the same code on the CPU).
 """
 
 from __future__ import annotations
