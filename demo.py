@@ -40,7 +40,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--checkpoint', type=str, default=None, help='ABINet-Vision, full ABINet, BaseVision or '
                         'ConCLR checkpoint (default: model.checkpoint of the config, else the run\'s best checkpoint '
                         '<global.workdir>/<global.name>/best-<global.name>.pth)')
-    parser.add_argument('--cuda', type=int, default=-1, help='GPU index; -1 runs on the CPU')
+    parser.add_argument('--cuda', type=int, nargs='?', const=0, default=-1,
+                        help='GPU index (a bare --cuda means 0); -1 (the default) runs on the CPU')
     parser.add_argument('--model_eval', type=str, default='vision', choices=MODEL_EVALS,
                         help="model output to show; only 'vision' exists in this project")
     parser.add_argument('--image_only', action='store_true', help='print predictions only, no attention pictures')

@@ -111,7 +111,8 @@ def processes_to_start(config: Config) -> tuple[int, str]:
     if launched_by_torchrun():
         return 1, ''
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    count = process_count(config.training_processes, gpus)
+    share = str(config.global_dist_backend).lower() == 'gloo'
+    count = process_count(config.training_processes, gpus, share_gpus=share)
     why = (f'training.processes {config.training_processes}' if config.training_processes is not None
            else f'one per visible GPU: {gpus}')
     return count, why
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         with stop.installed():
             if config.global_malloc_tune:
                 tune_malloc()
-            env = setup_distributed(timeout_s=config.global_dist_timeout)
+            env = setup_distributed(timeout_s=config.global_dist_timeout, backend=config.global_dist_backend)
             if config.global_phase == 'train':
                 train(config, env.device, env, stop=stop)
             else:

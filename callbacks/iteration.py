@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
+from callbacks.accumulate import step_ends
 from support.checkpoint import save_checkpoint
 from support.distributed import sum_tensor_across_ranks
 from support.errors import one_line_error
@@ -97,7 +98,10 @@ class IterationCallback(LearnerCallback):
     With `stop`, a SIGINT / SIGTERM ends training after the current step with one periodic (resumable) checkpoint
     and no evaluation; `evaluate` returns None when a stop cut an evaluation short.
     Every `show_iters` window also reports the time spent waiting for data (from the end of one batch to the
-    start of the next, batch-level augmentation such as ConAug included) versus computing.
+    start of the next, batch-level augmentation such as ConAug included) versus computing. With `accumulate` > 1
+    fastai's batches are micro-batches: the counters, periods and `max_iters` count optimiser steps, the loss
+    window holds one row per micro-batch (its mean is the steps' mean loss), and a stop request is agreed on every
+    `stop_every` steps (a CPU collective).
     """
 
     _order = 10  # after the loss-producing callbacks
@@ -108,8 +112,10 @@ class IterationCallback(LearnerCallback):
                  best_cwr: float = -1.0, start_epoch: int = 0, start_batch: int = 0, is_main: bool = True,
                  world_size: int = 1, extra_state: Callable[[], dict[str, Any]] | None = None,
                  saved: list[Path] | None = None, stop: StopSignal | None = None,
-                 records: dict[str, list[dict[str, float]]] | None = None):
+                 records: dict[str, list[dict[str, float]]] | None = None, accumulate: int = 1,
+                 stop_every: int = 1):
         super().__init__(learn)
+        self.accumulate, self.stop_every = accumulate, stop_every
         self.name, self.workdir, self.logger = name, Path(workdir), logger
         self.evaluate, self.writer = evaluate, writer
         self.show_iters, self.eval_iters, self.save_iters = show_iters, eval_iters, save_iters
@@ -150,14 +156,17 @@ class IterationCallback(LearnerCallback):
             self._batch_start = time.perf_counter()
             self._data_time += self._batch_start - self._last_end
 
-    def on_batch_end(self, last_loss: torch.Tensor, train: bool, **kwargs: Any) -> dict | None:
+    def on_batch_end(self, last_loss: torch.Tensor, train: bool, iteration: int = 0, **kwargs: Any) -> dict | None:
         if not train:
             return None
         self._compute_time += time.perf_counter() - self._batch_start
-        self.iteration += 1
-        self.batch_in_epoch += 1
         # fastai's loss_batch already copied the loss to the CPU; the terms stay on the device.
         self._window.add(float(last_loss), getattr(self.learn.loss_func, 'losses', {}))
+        if not step_ends(iteration, self.accumulate):
+            self._last_end = time.perf_counter()
+            return None
+        self.iteration += 1
+        self.batch_in_epoch += 1
         it = self.iteration
         if it % self.show_iters == 0:
             self._log_train()
@@ -168,12 +177,14 @@ class IterationCallback(LearnerCallback):
         self._last_end = time.perf_counter()
         if self.max_iters is not None and it >= self.max_iters:
             return {'stop_epoch': True, 'stop_training': True}
-        if self.stop is not None and self.stop.agreed():  # a CPU collective: every rank, every step
-            return {'stop_epoch': True, 'stop_training': True}
+        if self.stop is not None and (it - self.start_iter) % self.stop_every == 0 and self.stop.agreed():
+            return {'stop_epoch': True, 'stop_training': True}  # a CPU collective: every rank, every `stop_every` steps
         return None
 
     def on_epoch_end(self, **kwargs: Any) -> dict:
         stop = self.max_iters is not None and self.iteration >= self.max_iters
+        if self.stop is not None and self.stop_every > 1 and not self.stop.stopped:
+            self.stop.agreed()  # a request that came since the last check (every rank ends the epoch together)
         return {'stop_training': stop or (self.stop is not None and self.stop.stopped)}
 
     def on_train_end(self, exception: Any = None, **kwargs: Any) -> None:
@@ -212,13 +223,13 @@ class IterationCallback(LearnerCallback):
         means, skipped_steps = self._window.reduce()
         self.train_history.append({'iteration': self.iteration, **means})
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed
+        speed = len(self._window) * self.learn.data.train_dl.batch_size * self.world_size / elapsed  # micro-batches
         terms = ', '.join(f'{k} = {v:.4f}' for k, v in means.items() if k != 'loss')
         skipped = f', {skipped_steps} non-finite step(s) skipped' if skipped_steps else ''
         # CPU seconds of this process's threads: well under threads x seconds when other jobs shared the CPU
         cpu = time.process_time() - self._window_cpu
-        self.timings.append({'iteration': self.iteration, 'steps': len(self._window), 'seconds': elapsed,
-                             'cpu_seconds': cpu, 'data_seconds': self._data_time,
+        self.timings.append({'iteration': self.iteration, 'steps': len(self._window) // self.accumulate,
+                             'seconds': elapsed, 'cpu_seconds': cpu, 'data_seconds': self._data_time,
                              'compute_seconds': self._compute_time, 'images_per_second': speed})
         self.logger.info(f'epoch {self.epoch} iter {self.iteration}: loss = {means["loss"]:.4f}'
                          + (f', {terms}' if terms else '') + f', lr = {self._lr():.2e}, {speed:.1f} img/s, '

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 from fastai.basic_train import Learner, LearnerCallback
 
+from callbacks.accumulate import step_ends
+
 
 def lr_phase(iteration: int, iters_per_epoch: int, periods: Sequence[int]) -> int:
     """Index of the phase that iteration `iteration` (0-based) falls into; the last phase continues."""
@@ -44,15 +46,17 @@ class PiecewiseConstantLR(LearnerCallback):
     from the training loader when training begins. `warmup_iters` > 0 ramps the lr up linearly over the first
     global iterations from `warmup_from` (the run's `training.start_iters`). With `epochs` (the run's
     `training.epochs`) larger than the periods' sum, training stops after the last phase's final iteration and
-    says so on `logger`.
+    says so on `logger`. With `accumulate` > 1 fastai's batches are micro-batches and every count here (the
+    iterations, `iters_per_epoch`) is of optimiser steps of `accumulate` micro-batches.
     """
 
     _order = 20  # after IterationCallback (10), whose on_epoch_end would clear the stop asked for here
 
     def __init__(self, learn: Learner, lr: float, periods: Sequence[int], gamma: float, start_iter: int = 0,
                  iters_per_epoch: int | None = None, warmup_iters: int = 0, *, warmup_from: int = 0,
-                 epochs: float | None = None, logger: logging.Logger | None = None):
+                 epochs: float | None = None, logger: logging.Logger | None = None, accumulate: int = 1):
         super().__init__(learn)
+        self.accumulate = accumulate
         self.lr, self.periods, self.gamma, self.start_iter = lr, list(periods), gamma, start_iter
         self.iters_per_epoch, self.warmup_iters, self.warmup_from = iters_per_epoch, warmup_iters, warmup_from
         self.epochs, self.logger = epochs, logger
@@ -60,18 +64,19 @@ class PiecewiseConstantLR(LearnerCallback):
 
     def on_train_begin(self, **kwargs: Any) -> None:
         if self.iters_per_epoch is None:
-            self.iters_per_epoch = len(self.learn.data.train_dl)
+            self.iters_per_epoch = len(self.learn.data.train_dl) // self.accumulate
 
     def on_batch_begin(self, iteration: int, train: bool, **kwargs: Any) -> None:
         if train:
-            self.learn.opt.lr = lr_at(self.start_iter + iteration, self.iters_per_epoch, self.lr, self.periods,
-                                      self.gamma, self.warmup_iters, self.warmup_from)
+            step = self.start_iter + iteration // self.accumulate
+            self.learn.opt.lr = lr_at(step, self.iters_per_epoch, self.lr, self.periods, self.gamma,
+                                      self.warmup_iters, self.warmup_from)
 
     def on_batch_end(self, iteration: int, train: bool, **kwargs: Any) -> dict | None:
-        if not train or self.epochs is None:
+        if not train or self.epochs is None or not step_ends(iteration, self.accumulate):
             return None
         end = schedule_end(self.periods, self.iters_per_epoch, self.epochs)
-        done = self.start_iter + iteration + 1  # fastai counts this batch after its callbacks
+        done = self.start_iter + (iteration + 1) // self.accumulate  # fastai counts this batch after its callbacks
         if end is None or done < end:
             return None
         self.schedule_over = True

@@ -23,8 +23,9 @@ class NonFiniteGuard(LearnerCallback):
     _order = -10  # before MixedPrecision (-5), which would otherwise run the scaled backward
 
     def __init__(self, learn: Learner, max_in_row: int = 10, logger: logging.Logger | None = None,
-                 verbose: bool = True, start_iter: int = 0):
+                 verbose: bool = True, start_iter: int = 0, accumulate: int = 1):
         super().__init__(learn)
+        self.accumulate = accumulate  # micro-batches per optimiser step: a skipped one skips its whole step
         self.max_in_row, self.start_iter = max_in_row, start_iter
         self.logger = logger or logging.getLogger('conclr')
         self.verbose = verbose  # False on ranks other than 0: the ranks agree, one warning is enough
@@ -44,7 +45,8 @@ class NonFiniteGuard(LearnerCallback):
         local = bool(finite)  # reads below happen only on the rare skipped step
         what = f'loss {float(last_loss.detach()):.4g}' if not local else 'non-finite loss on another process'
         if self.verbose:
-            self.logger.warning(f'non-finite training loss ({what}) at iteration {self.start_iter + iteration + 1}: '
+            step = self.start_iter + iteration // self.accumulate + 1
+            self.logger.warning(f'non-finite training loss ({what}) at iteration {step}: '
                                 f'step skipped ({self.in_row} in a row, limit {self.max_in_row})')
         if self.in_row >= self.max_in_row:
             raise NonFiniteLossError(f'{self.in_row} non-finite training losses in a row (training.max_nonfinite '

@@ -51,6 +51,7 @@ class RecognitionLoss(nn.Module):
         super().__init__()
         self.weight, self.name = float(weight), name
         self.losses: dict[str, torch.Tensor] = {}
+        self.accumulation_weight: torch.Tensor | None = None
 
     def forward(self, output: dict[str, torch.Tensor], gt_labels: torch.Tensor, gt_lengths: torch.Tensor,
                 *args: Any, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,5 +61,7 @@ class RecognitionLoss(nn.Module):
             raise TypeError(f'RecognitionLoss takes one output dict, got {type(output).__name__} (a ConCLR model '
                             'trains with ConCLRLoss)')
         term = self.weight * recognition_loss(output['logits'], gt_labels, gt_lengths, valid)
+        # the batch's counted slots: gradient accumulation weighs micro-batches by them (callbacks/accumulate.py)
+        self.accumulation_weight = slot_mask(gt_lengths.to(term.device), output['logits'].shape[1], valid).sum()
         self.losses = {f'{self.name}_loss': term.detach()}
         return term

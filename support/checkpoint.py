@@ -37,10 +37,24 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, opt: Any = None, **extra: Any) -> Path:
-    """Write {'model', 'opt', **extra} to `path` atomically: a crash mid-save never leaves a broken file there."""
+    """Write {'model', 'opt', **extra} to `path` atomically (a crash mid-save never leaves a broken file there),
+    every tensor on the CPU (so any tool reads it on a machine without a GPU, no map_location needed)."""
     model = getattr(model, 'module', model)
-    return write_atomically(path, {'model': model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
-                                   **extra})
+    return write_atomically(path, to_cpu({'model': model.state_dict(),
+                                          'opt': opt.state_dict() if opt is not None else None, **extra}))
+
+
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor inside dicts, lists and tuples copied to the CPU (CPU tensors stay as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, '_fields'):  # a named tuple
+        return type(value)(*(to_cpu(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def write_atomically(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -66,6 +66,7 @@ RANGES: dict[str, Range] = {
     'training_stats_iters': COUNT,
     'training_max_iters': COUNT,
     'training_max_nonfinite': COUNT,
+    'training_accumulate': COUNT,
     'training_tau': POSITIVE,
     'training_alpha': NON_NEGATIVE,
     'optimizer_lr': POSITIVE,
@@ -118,8 +119,8 @@ def range_problem(key: str, value: Any) -> str | None:
     if limits is None or value is None:
         return None
     for item in value if isinstance(value, list) else [value]:
-        if not _is_number(item):
-            continue  # a wrong type is the type check's to report
+        if not _is_number(item):  # reached for keys whose template value is null (any type passes the type check)
+            return f'must be {limits.describe()}, got {type(item).__name__} {item!r}'
         bad = not math.isfinite(item) or not limits.contains(item) or (limits.integer and not isinstance(item, int))
         if bad:
             shown = f'{item!r} in {value!r}' if isinstance(value, list) else repr(item)

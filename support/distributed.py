@@ -74,23 +74,53 @@ def group_timeout(seconds: float | None) -> datetime.timedelta | None:
     return datetime.timedelta(seconds=seconds)
 
 
-def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> DistEnv:
+_CPU_GROUP: dict[str, Any] = {}
+
+
+def create_cpu_group(timeout: datetime.timedelta | None, backend: str) -> Any:
+    """Under NCCL, the gloo group for small CPU collectives (the stop agreement), made now, at setup, by every rank
+    in the same order, with the run's `global.dist_timeout`; None under gloo (the default group serves)."""
+    _CPU_GROUP.clear()
+    if backend == 'gloo':
+        return None
+    extra = {'timeout': timeout} if timeout is not None else {}
+    _CPU_GROUP['group'] = dist.new_group(backend='gloo', **extra)
+    return _CPU_GROUP['group']
+
+
+def cpu_group() -> Any:
+    """The process group for small CPU collectives: the default one under gloo, else the gloo group of
+    `create_cpu_group` (made on first use, with torch's default timeout, when setup did not make it)."""
+    if dist.get_backend() == 'gloo':
+        return None
+    if 'group' not in _CPU_GROUP:
+        _CPU_GROUP['group'] = dist.new_group(backend='gloo')
+    return _CPU_GROUP['group']
+
+
+def setup_distributed(stream: Any = None, timeout_s: float | None = None, backend: str | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment, or run as one process.
 
     With several processes: NCCL and `cuda:LOCAL_RANK` when CUDA is available, gloo and the CPU otherwise (one
     process on CUDA also takes `cuda:LOCAL_RANK`, LOCAL_RANK 0 when unset, and makes it the current device);
     a collective that waits longer than `timeout_s` seconds for the other processes fails (torch's default when
-    None). A single process that sees several GPUs (main.py with `training.processes: 1`; otherwise it starts one
-    process per GPU) uses one of them and prints one line saying how to use them all.
+    None). `backend` (`global.dist_backend`) overrides the choice; gloo on CUDA lets several processes share the
+    GPUs (process r takes cuda:(LOCAL_RANK mod GPUs)). A single process that sees several GPUs (main.py with
+    `training.processes: 1`; otherwise it starts one process per GPU) uses one of them and prints one line saying
+    how to use them all.
     """
     timeout = group_timeout(timeout_s)
     cuda = torch.cuda.is_available()
+    backend = dist_backend(backend, cuda)
     if launched_by_torchrun() and int(os.environ['WORLD_SIZE']) > 1:
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        device = _local_gpu(local_rank) if cuda else torch.device('cpu')
+        shared = backend == 'gloo' and cuda
+        device = _local_gpu(local_rank % torch.cuda.device_count() if shared else local_rank) if cuda \
+            else torch.device('cpu')
         if not dist.is_initialized():
             extra = {'timeout': timeout} if timeout is not None else {}
-            dist.init_process_group(backend='nccl' if cuda else 'gloo', init_method='env://', **extra)
+            dist.init_process_group(backend=backend, init_method='env://', **extra)
+            create_cpu_group(timeout, backend)
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if cuda:
         device = _local_gpu(int(os.environ.get('LOCAL_RANK', 0)))
@@ -100,6 +130,19 @@ def setup_distributed(stream: Any = None, timeout_s: float | None = None) -> Dis
                   f'training.processes: null (or {count})', file=stream or sys.stderr)
         return DistEnv(device=device)
     return DistEnv()
+
+
+def dist_backend(requested: str | None, cuda: bool) -> str:
+    """`global.dist_backend`: 'nccl' or 'gloo'; null = NCCL with CUDA, gloo without; an error for NCCL without
+    CUDA or an unknown name."""
+    if requested is None:
+        return 'nccl' if cuda else 'gloo'
+    name = str(requested).strip().lower()
+    if name not in ('nccl', 'gloo'):
+        raise ConfigError(f'global.dist_backend {requested!r}: expected nccl, gloo or null')
+    if name == 'nccl' and not cuda:
+        raise ConfigError('global.dist_backend nccl needs CUDA GPUs; none is visible (use gloo or null)')
+    return name
 
 
 def _local_gpu(local_rank: int) -> torch.device:
@@ -121,6 +164,7 @@ def cleanup_distributed(failed: bool = False) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    _CPU_GROUP.clear()
     abort = getattr(dist.distributed_c10d, '_abort_process_group', None)
     if failed and abort is not None:
         try:
@@ -131,12 +175,14 @@ def cleanup_distributed(failed: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def local_batch_size(global_batch: int, world_size: int) -> int:
-    """The per-process share of the global batch; an error when it does not split evenly."""
-    if global_batch % world_size:
+def local_batch_size(global_batch: int, world_size: int, accumulate: int = 1) -> int:
+    """The per-process share of the global batch, per micro-batch when `accumulate` > 1; an error when it does
+    not split evenly."""
+    if global_batch % (world_size * accumulate):
+        extra = f' x training.accumulate {accumulate}' if accumulate > 1 else ''
         raise ConfigError(f'dataset.train.batch_size {global_batch} (the global batch) is not divisible by the '
-                          f'{world_size} processes')
-    return global_batch // world_size
+                          f'{world_size} processes{extra}')
+    return global_batch // (world_size * accumulate)
 
 
 def setup_rank_logger(workdir: str | Path, phase: str, env: DistEnv, name: str = 'conclr') -> logging.Logger:
@@ -236,28 +282,38 @@ class ResumableDistributedSampler(DistributedSampler):
 
     Every epoch is one permutation drawn from `seed + epoch`, cut to a multiple of the number of processes;
     process r takes positions r, r + W, ... So a run that resumes in epoch `skip_epoch` after `skip_batches`
-    batches of `batch_size` sees exactly the samples the interrupted run had left in that epoch.
+    batches of `batch_size` sees exactly the samples the interrupted run had left in that epoch. With `accumulate`
+    k > 1 a "batch" here is one optimiser step of k loader batches of `batch_size` (the skip counts steps) and every
+    epoch's shard is cut to a whole number of steps.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 batch_size: int = 1, shuffle: bool = True):
+                 batch_size: int = 1, shuffle: bool = True, accumulate: int = 1):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self.batch_size = batch_size
+        self.batch_size, self.accumulate = batch_size, accumulate
         self.skip_epoch, self.skip_batches = -1, 0
 
     def resume_at(self, epoch: int, batches: int) -> None:
         """Skip the first `batches` batches of epoch `epoch` (only of that epoch)."""
         self.skip_epoch, self.skip_batches = epoch, batches
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch of this shard."""
+        return self.num_samples // (self.batch_size * self.accumulate)
+
     def _skip(self) -> int:
-        return self.skip_batches * self.batch_size if self.epoch == self.skip_epoch else 0
+        return self.skip_batches * self.batch_size * self.accumulate if self.epoch == self.skip_epoch else 0
+
+    def _end(self) -> int:
+        return self.num_samples if self.accumulate == 1 else self.steps_per_epoch * self.batch_size * self.accumulate
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        return iter(indices[self._skip():])
+        return iter(indices[self._skip():self._end()])
 
     def __len__(self) -> int:
-        return max(self.num_samples - self._skip(), 0)
+        return max(self._end() - self._skip(), 0)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

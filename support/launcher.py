@@ -28,14 +28,16 @@ ERROR_DIR_ENV = 'CONCLR_WORKER_ERRORS'
 _LAUNCHER_LOGGERS = ('torch.distributed.elastic', 'torch.distributed.launcher')
 
 
-def process_count(requested: int | None, gpus: int) -> int:
-    """Processes a plain run starts: `requested` (training.processes), else one per visible GPU, 1 without one."""
+def process_count(requested: int | None, gpus: int, share_gpus: bool = False) -> int:
+    """Processes a plain run starts: `requested` (training.processes), else one per visible GPU, 1 without one;
+    more than the GPUs only when they may be shared (`global.dist_backend: gloo`)."""
     if requested is None:
         return max(gpus, 1)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise ConfigError(f'training.processes must be a positive integer or null, got {requested!r}')
-    if gpus and requested > gpus:
-        raise ConfigError(f'training.processes {requested}: only {gpus} GPU(s) are visible (one process per GPU)')
+    if gpus and requested > gpus and not share_gpus:
+        raise ConfigError(f'training.processes {requested}: only {gpus} GPU(s) are visible (one process per GPU; '
+                          'global.dist_backend gloo lets processes share them)')
     return requested
 
 

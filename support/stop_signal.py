@@ -26,6 +26,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from support.distributed import cpu_group
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -109,19 +111,6 @@ class StopSignal:
             self.signum = self.signum or code
             self.stopped = True
         return self.stopped
-
-
-_CPU_GROUP: dict[str, Any] = {}
-
-
-def cpu_group() -> Any:
-    """A process group for small CPU collectives: the default one under gloo, else (NCCL) a gloo group made once,
-    by the first call, which every rank must reach in the same order as its other collectives."""
-    if dist.get_backend() == 'gloo':
-        return None  # the default group
-    if 'group' not in _CPU_GROUP:
-        _CPU_GROUP['group'] = dist.new_group(backend='gloo')
-    return _CPU_GROUP['group']
 
 
 def ignore_stop_signals() -> None:

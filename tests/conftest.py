@@ -14,7 +14,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     device = os.environ.get('CONCLR_TEST_DEVICE', 'cuda')
     if not device.startswith('cuda') or torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason='needs a CUDA GPU (tools/gpu_check.sh runs these; its --dry-run on the CPU)')
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (tools/gpu_check.sh runs these; its --dry-run runs '
+                                   'test_cuda_path.py on the CPU)')
     for item in items:
         if item.get_closest_marker('cuda') is not None:
             item.add_marker(skip)

@@ -417,6 +417,26 @@ row_fractional_batch_size = _config_value_row('dataset.train.batch_size', 2.5)
 row_negative_workers = _config_value_row('dataset.num_workers', -1)
 row_zero_lr = _config_value_row('optimizer.lr', 0)
 row_zero_period = _config_value_row('optimizer.scheduler.periods', [0])
+row_zero_accumulate = _config_value_row('training.accumulate', 0)
+row_workers_in_words = _config_value_row('dataset.num_workers', 'four')
+
+
+def row_accumulate_not_dividing_the_batch(case: Case) -> Row:
+    path = case.config(lambda tree: tree['training'].update(accumulate=3))
+    batch = case.world.tree['dataset']['train']['batch_size']
+    return Row(['--config', path], [f'dataset.train.batch_size {batch} (the global batch) is not divisible by the 1 '
+                                    'processes x training.accumulate 3'])
+
+
+def row_unknown_dist_backend(case: Case) -> Row:
+    path = case.config(lambda tree: tree['global'].update(dist_backend='mpi'))
+    return Row(['--config', path], ['global.dist_backend', "'mpi'", 'nccl, gloo or null'])
+
+
+def row_fp16_with_fused_adam(case: Case) -> Row:
+    path = case.config(lambda tree: (tree['training'].update(amp='fp16'),
+                                     tree.setdefault('optimizer', {}).setdefault('args', {}).update(fused=True)))
+    return Row(['--config', path], ['optimizer.args.fused true with training.amp fp16', 'training.amp bf16'])
 
 
 def row_unknown_key(case: Case) -> Row:

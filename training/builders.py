@@ -52,6 +52,17 @@ def optimizer_func(config: Config) -> Callable[..., torch.optim.Optimizer]:
     return partial(optimizer_class(config), **optimizer_args(config))
 
 
+def check_optimizer_precision(config: Config, amp: str | None) -> None:
+    """An error when fp16's GradScaler would not guard the optimiser: a fused or capturable torch.optim step sits
+    behind fastai's OptimWrapper, where the scaler's overflow flags do not reach it, so overflowing steps would
+    be applied."""
+    for key in ('fused', 'capturable'):
+        if amp == 'fp16' and getattr(config, f'optimizer_args_{key}', None):
+            raise ConfigError(f'optimizer.args.{key} true with training.amp fp16: the gradient scaler cannot skip '
+                              f'overflowing steps of a {key} optimiser behind fastai\'s wrapper; use training.amp '
+                              f'bf16 or optimizer.args.{key} false')
+
+
 def build_learner(config: Config, model: nn.Module, train_dl: DataLoader, valid_dl: DataLoader,
                   device: torch.device) -> Learner:
     """The fastai Learner with ABINet's optimiser settings and the recognition (+ contrastive) loss."""

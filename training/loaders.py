@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from fastai.basic_data import DeviceDataLoader
 from torch.utils.data import DataLoader, Dataset
@@ -10,15 +12,30 @@ from dataset import limit_opencv_threads, seed_worker
 from support.distributed import ResumableDistributedSampler, ShardedBatchSampler, current_env
 from utils import Config
 
+MAX_AUTO_WORKERS = 16  # the most loader workers per process that `dataset.num_workers: null` starts
 
-def eval_dataloader(config: Config, dataset: Dataset, device: torch.device) -> DataLoader:
+
+def worker_count(config: Config) -> int:
+    """`dataset.num_workers` per process; null = the CPUs this process may use, shared by the processes on this
+    machine (LOCAL_WORLD_SIZE), less one for the process itself: at least 1, at most MAX_AUTO_WORKERS."""
+    if config.dataset_num_workers is not None:
+        return config.dataset_num_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    per_process = cpus // max(int(os.environ.get('LOCAL_WORLD_SIZE', '1')), 1)
+    return min(max(per_process - 1, 1), MAX_AUTO_WORKERS)
+
+
+def eval_dataloader(config: Config, dataset: Dataset, device: torch.device, persistent: bool = False) -> DataLoader:
     """Fixed-order evaluation batches of `dataset.test.batch_size`; in a distributed run this process's share
-    (batches dealt round-robin, see ShardedBatchSampler)."""
+    (batches dealt round-robin, see ShardedBatchSampler). `persistent` keeps the workers between passes (the
+    evaluations during training; shut them down with dataset.shutdown_workers)."""
     env = current_env(device)
     limit_opencv_threads()  # before any worker is forked
     batches = ShardedBatchSampler(len(dataset), config.dataset_test_batch_size, env.rank, env.world_size)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=config.dataset_num_workers,
-                      pin_memory=config.dataset_pin_memory and device.type == 'cuda', worker_init_fn=seed_worker)
+    workers = worker_count(config)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                      pin_memory=config.dataset_pin_memory and device.type == 'cuda', worker_init_fn=seed_worker,
+                      persistent_workers=persistent and workers > 0)
 
 
 def test_loader(config: Config, dataset: Dataset, device: torch.device) -> DeviceDataLoader:
@@ -34,7 +51,7 @@ def loader_seed(sampler_seed: int, rank: int, iteration: int) -> int:
 def train_dataloader(config: Config, dataset: Dataset, sampler: ResumableDistributedSampler, batch: int,
                      device: torch.device, seed: int) -> DataLoader:
     """Shuffled training batches of this process's `batch` from `sampler`, workers seeded from `seed`."""
-    workers = config.dataset_num_workers
+    workers = worker_count(config)
     limit_opencv_threads()  # before any worker is forked
     return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
                       pin_memory=config.dataset_pin_memory and device.type == 'cuda',

@@ -16,6 +16,7 @@ from modules.decoding import decode_logits
 from support.checkpoint import choose_checkpoint
 from support.distributed import DistEnv, current_env, setup_rank_logger
 from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
+from support.matmul_precision import set_tf32
 from support.memory_format import enable_cudnn_autotune
 from support.onnx_backend import OnnxBackendError, onnx_model
 from support.pictures import attention_maps, attention_picture, denormalize, save_rgb
@@ -41,7 +42,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
         raise OnnxBackendError(f'--backend onnxruntime runs on the CPU, not on {device}')
     validate_config(config)
     chosen, why = checkpoint_to_test(config)  # before the data opens: a missing best checkpoint is the first error
-    amp = amp_mode(config.training_amp)
+    amp = amp_mode(config.training_amp, device)
     charset = CharsetMapper(config.dataset_charset_path, config.dataset_max_length)
     test_sets = named_test_sets(config.dataset_test_roots, charset, **dataset_kwargs(config, False))
     logger = setup_rank_logger(config.workdir, 'test', env)  # after the data opened, as in train()
@@ -57,6 +58,7 @@ def test(config: Config, device: torch.device, image_only: bool = False,
         checkpoints = [p for p in (config.model_vision_checkpoint, config.model_checkpoint) if p]
         model = onnx_model(model.eval(), config, checkpoints, quantize, log=logger.info)
     enable_cudnn_autotune(device)
+    set_tf32(config.training_tf32, device)
     logger.info(f'evaluating {config.model_checkpoint} on {", ".join(test_sets)}'
                 + (f' with {env.world_size} processes' if env.distributed else '')
                 + ('' if backend == 'pytorch' else f' in ONNX Runtime{" (int8)" if quantize else ""}'))

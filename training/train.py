@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from fastai.basic_train import Learner
 from fastai.callback import Callback
-from fastai.train import GradientClipping
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from callbacks.amp import MixedPrecision, amp_mode
+from callbacks.accumulate import GradientAccumulation, GradientClipping, check_accumulate
+from callbacks.amp import MixedPrecision, amp_mode, bf16_supported
 from callbacks.conaug import ConAugPretransform
 from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback
@@ -45,11 +46,21 @@ from support.distributed import (
     unwrap,
 )
 from support.evaluation import evaluate
+from support.matmul_precision import set_tf32
+from support.memory_estimate import (
+    MemoryEstimate,
+    MemoryEstimateError,
+    check_fits,
+    free_memory,
+    local_processes,
+    measure,
+    out_of_memory_line,
+)
 from support.memory_format import enable_cudnn_autotune, weights_memory_format
 from support.pictures import log_eval_images
 from support.run_lock import RunLock, RunLockError, check_resume_source
 from support.stop_signal import Interrupted, StopSignal
-from training.builders import build_learner, build_model, is_conclr
+from training.builders import build_learner, build_model, check_optimizer_precision, is_conclr
 from training.loaders import eval_dataloader, loader_seed, train_dataloader
 from training.resume import Resume
 from training.run_log import log_config_notes
@@ -61,6 +72,8 @@ DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'
 # Test hook: "RANK:ITERATION" makes that rank fail as it starts that training iteration (1-based), as a loader
 # error would, so the tests can check that a failing rank ends the whole job instead of hanging it.
 FAIL_AT_ENV = 'CONCLR_TEST_FAIL_AT'
+# In a distributed run the ranks agree on a stop request (a gloo all-reduce) every this many optimiser steps.
+STOP_CHECK_STEPS = 5
 
 
 @dataclass
@@ -100,9 +113,13 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
     logger = setup_rank_logger(config.workdir, 'train', env)
     logger.info(f'config {config.path}, work directory {config.workdir}, device {device}')
     log_config_notes(config, env, logger)
-    if env.distributed:
-        logger.info(f'{env.world_size} processes ({"NCCL" if device.type == "cuda" else "gloo"}): global batch '
-                    f'{global_batch} = {env.world_size} x {local_batch_size(global_batch, env.world_size)}')
+    accumulate = check_accumulate(config.training_accumulate)
+    micro = local_batch_size(global_batch, env.world_size, accumulate)
+    if env.distributed or accumulate > 1:
+        backend = f' ({"NCCL" if dist.get_backend() == "nccl" else "gloo"})' if env.distributed else ''
+        processes = f'{env.world_size} processes' if env.distributed else '1 process'
+        logger.info(f'{processes}{backend}: global batch {global_batch} = {env.world_size} x '
+                    f'{micro}' + (f' x {accumulate} accumulated micro-batches' if accumulate > 1 else ''))
     logger.info(f'training samples {len(data.train_set)} from {len(config.dataset_train_roots)} root(s); '
                 f'evaluation samples {len(data.valid_set)} from {", ".join(data.test_sets)}')
     for ds in data.test_sets.values():
@@ -116,16 +133,19 @@ def start_log(config: Config, env: DistEnv, device: torch.device, data: TrainDat
 def make_loaders(config: Config, env: DistEnv, device: torch.device, data: TrainData, resume: Resume,
                  logger: logging.Logger) -> Loaders:
     """Step 3: the sampler placed at the (resumed) start, and the loaders."""
-    batch = local_batch_size(config.dataset_train_batch_size, env.world_size)
+    accumulate = config.training_accumulate
+    batch = local_batch_size(config.dataset_train_batch_size, env.world_size, accumulate)
     seed = resume.sampler_seed(config)
-    sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch)
-    iters_per_epoch = sampler.num_samples // batch
+    sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch,
+                                          accumulate=accumulate)
+    iters_per_epoch = sampler.steps_per_epoch  # optimiser steps
     point = resume.point(config, iters_per_epoch, env, logger)
     sampler.resume_at(point.epoch, point.skip_batches)
     sampler.set_epoch(point.epoch)
     train_dl = train_dataloader(config, data.train_set, sampler, batch, device,
                                 seed=loader_seed(seed, env.rank, point.iteration))
-    return Loaders(sampler, train_dl, eval_dataloader(config, data.valid_set, device), iters_per_epoch, point, seed)
+    valid_dl = eval_dataloader(config, data.valid_set, device, persistent=True)  # evaluated again and again
+    return Loaders(sampler, train_dl, valid_dl, iters_per_epoch, point, seed)
 
 
 def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resume,
@@ -146,6 +166,8 @@ def make_model(config: Config, env: DistEnv, device: torch.device, resume: Resum
             logger.warning('training.channels_last is ignored on the CPU')
     if enable_cudnn_autotune(device):
         logger.info('cudnn.benchmark on (fixed input shapes)')
+    if set_tf32(config.training_tf32, device):
+        logger.info('TF32 matrix products and convolutions on (training.tf32)')
     if config.training_sync_bn and env.distributed and device.type != 'cuda':
         logger.warning('training.sync_bn needs CUDA (NCCL); plain BatchNorm is used')
     return model
@@ -156,16 +178,40 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
     """Step 5: the Learner with the resumed optimiser state, and mixed precision when `training.amp` asks."""
     if env.rank > 0:  # every rank its own dropout and ConAug draws; the weights all start as rank 0's
         seed_everything((config.global_seed if config.global_seed is not None else torch.initial_seed()) + env.rank)
+    amp = amp_mode(config.training_amp, device)
+    check_optimizer_precision(config, amp)
     learn = build_learner(config, model, loaders.train_dl, loaders.valid_dl, device)
     resume.restore_optimizer(learn, config, logger)
-    amp = amp_mode(config.training_amp)
     if not amp:
+        if str(config.training_amp).strip().lower() == 'auto':
+            logger.info(f'training.amp auto: float32 on {device} (bf16 needs a CUDA GPU that has it)')
         return learn, None
-    precision = MixedPrecision(learn, amp, device.type)
+    precision = MixedPrecision(learn, amp, device.type, accumulate=config.training_accumulate)
     learn.callbacks.append(precision)  # learner-wide: evaluation forward passes run under autocast too
     resume.restore_scaler(precision.scaler)
     logger.info(f'mixed precision {amp}' + (' with a gradient scaler' if precision.scaler else ''))
     return learn, precision
+
+
+def check_memory(config: Config, env: DistEnv, device: torch.device, model: nn.Module,
+                 precision: MixedPrecision | None, logger: logging.Logger) -> MemoryEstimate | None:
+    """Step 5b: the memory a step will need against the device's free memory (one log line); a one-line
+    MemoryEstimateError with advice when it will not fit. Off with `training.memory_check: false`."""
+    if not config.training_memory_check:
+        return None
+    accumulate = config.training_accumulate
+    micro = local_batch_size(config.dataset_train_batch_size, env.world_size, accumulate)
+    shape = (3, config.dataset_image_height, config.dataset_image_width)
+    views = 3 if is_conclr(model) else 1
+    amp = precision.mode if precision is not None else None
+    estimate = measure(model, shape, views, device, precision.dtype if precision is not None else None, micro, amp)
+    bf16 = None
+    if amp is None and bf16_supported(device):
+        bf16 = measure(model, shape, views, device, torch.bfloat16, micro, 'bf16')
+    line = check_fits(estimate, free_memory(device, local_processes()), device, config.dataset_train_batch_size,
+                      env.world_size, accumulate, bf16)
+    logger.info(line)
+    return estimate
 
 
 def evaluator(config: Config, learn: Learner, data: TrainData, writer: Any,
@@ -189,6 +235,7 @@ def checkpoint_extras(config: Config, env: DistEnv, loaders: Loaders,
     def extra_state() -> dict[str, Any]:
         scaler = precision.scaler.state_dict() if precision is not None and precision.scaler is not None else None
         return {'iters_per_epoch': loaders.iters_per_epoch, 'world_size': env.world_size,
+                'accumulate': config.training_accumulate,
                 'global_batch': config.dataset_train_batch_size, 'sampler_seed': loaders.sampler_seed,
                 'rng': all_gather_objects(capture_rng()), 'scaler': scaler}
     return extra_state
@@ -207,24 +254,34 @@ def make_iteration_callback(config: Config, env: DistEnv, *, learn: Learner, loa
         save_iters=config.training_save_iters, start_iter=point.iteration, max_iters=config.training_max_iters,
         best_cwr=resume.best_cwr, start_epoch=point.epoch, start_batch=point.skip_batches, is_main=env.is_main,
         world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop,
-        records=resume.records())
+        records=resume.records(), accumulate=config.training_accumulate,
+        stop_every=STOP_CHECK_STEPS if env.distributed else 1)
 
 
 def training_callbacks(config: Config, env: DistEnv, *, learn: Learner, loaders: Loaders, data: TrainData,
                        logger: logging.Logger, writer: Any, iteration_cb: IterationCallback) -> list[Callback]:
     """Step 6b: DDP, the non-finite guard, the lr schedule, clipping, ConAug, the iteration bookkeeping."""
-    point = loaders.point
+    point, accumulate = loaders.point, config.training_accumulate
     callbacks: list[Callback] = [
         DistributedTrainer(learn, env, loaders.sampler, point.epoch, sync_bn=config.training_sync_bn,
                            find_unused_parameters=config.training_find_unused_parameters),
-        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration),
+        NonFiniteGuard(learn, config.training_max_nonfinite, logger, verbose=env.is_main, start_iter=point.iteration,
+                       accumulate=accumulate),
         PiecewiseConstantLR(learn, config.optimizer_lr, config.optimizer_scheduler_periods,
                             config.optimizer_scheduler_gamma, point.iteration, loaders.iters_per_epoch,
                             warmup_iters=config.optimizer_scheduler_warmup_iters,
-                            warmup_from=config.training_start_iters, epochs=config.training_epochs, logger=logger)]
+                            warmup_from=config.training_start_iters, epochs=config.training_epochs, logger=logger,
+                            accumulate=accumulate)]
+    if accumulate > 1:
+        callbacks.append(GradientAccumulation(learn, accumulate))
     if config.optimizer_clip_grad:
-        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad))
+        callbacks.append(GradientClipping(learn, clip=config.optimizer_clip_grad, accumulate=accumulate))
     if is_conclr(unwrap(learn.model)):
+        if accumulate > 1:
+            micro = learn.data.train_dl.batch_size
+            logger.info(f'training.accumulate {accumulate}: ConAug pairs and contrastive negatives come from one '
+                        f'micro-batch of {micro} images per process, so ConCLR\'s objective is not that of one batch '
+                        f'of {config.dataset_train_batch_size} (docs/distributed.md)')
         callbacks.append(ConAugPretransform(side=config.conaug_side, charset=data.charset,
                                             test_conaug=config.dataset_test_conaug and env.is_main,
                                             workdir=config.workdir, writer=writer))
@@ -245,14 +302,19 @@ def nothing_left(config: Config, loaders: Loaders, logger: logging.Logger) -> bo
 
 
 def fit(config: Config, learn: Learner, loaders: Loaders, callbacks: list[Callback],
-        stop: StopSignal | None) -> None:
+        stop: StopSignal | None, oom_line: Callable[[], str] | None = None) -> None:
     """Step 7: fastai's fit over the epochs left (signals deferred to step boundaries); the loader's workers
-    end with it."""
+    end with it. Running out of device memory ends with `oom_line()`'s one line instead of a traceback."""
     try:
         with stop.deferred() if stop is not None else nullcontext():
             learn.fit(config.training_epochs - loaders.point.epoch, lr=config.optimizer_lr, callbacks=callbacks)
+    except torch.OutOfMemoryError:
+        if oom_line is None:
+            raise
+        raise MemoryEstimateError(oom_line()) from None
     finally:
         shutdown_workers(loaders.train_dl)  # the Learner's reference cycle would keep them alive after train()
+        shutdown_workers(loaders.valid_dl)
 
 
 def train(config: Config, device: torch.device, env: DistEnv | None = None,
@@ -266,7 +328,7 @@ def train(config: Config, device: torch.device, env: DistEnv | None = None,
     """
     env = env or current_env(device)
     validate_config(config)  # a config that cannot make a run is an error before any data opens
-    amp_mode(config.training_amp)  # a bad value is an error before any data opens
+    amp_mode(config.training_amp, device)  # a bad value is an error before any data opens
     seed_everything(config.global_seed)
     data = open_data(config)
     with own_workdir(config, env) as lock:
@@ -306,6 +368,7 @@ def _train(config: Config, device: torch.device, env: DistEnv, stop: StopSignal 
     loaders = make_loaders(config, env, device, data, resume, logger)
     model = make_model(config, env, device, resume, logger)
     learn, precision = make_learner(config, env, device, model, loaders, resume, logger)
+    estimate = check_memory(config, env, device, model, precision, logger)
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(config.workdir)) if env.is_main else None
     try:
@@ -318,7 +381,12 @@ def _train(config: Config, device: torch.device, env: DistEnv, stop: StopSignal 
         callbacks = training_callbacks(config, env, learn=learn, loaders=loaders, data=data, logger=logger,
                                        writer=writer, iteration_cb=iteration_cb)
         resume.restore_rng(env)
-        fit(config, learn, loaders, callbacks, stop)
+
+        def oom_line() -> str:
+            return out_of_memory_line(estimate, device, config.dataset_train_batch_size, env.world_size,
+                                      config.training_accumulate, precision.mode if precision else None,
+                                      iteration_cb.iteration + 1)
+        fit(config, learn, loaders, callbacks, stop, oom_line)
     finally:
         if writer is not None:
             writer.close()

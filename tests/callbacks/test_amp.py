@@ -19,7 +19,7 @@ import training.train
 from callbacks.amp import MixedPrecision, amp_mode
 from support.checkpoint import load_checkpoint
 from tests.helpers import render_lmdb, tiny_config
-from utils import Config
+from utils import REPO_ROOT, Config
 
 
 def _model() -> nn.Module:
@@ -44,6 +44,23 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
                                              ('fp16', 'fp16')])
 def test_amp_mode_reads_config_values(value, expected):
     assert amp_mode(value) == expected
+
+
+def test_amp_auto_is_bf16_on_a_cuda_gpu_that_has_it_and_off_elsewhere(monkeypatch):
+    import callbacks.amp as amp_module
+
+    assert amp_mode('auto') is None and amp_mode('auto', 'cpu') is None
+    assert amp_mode('AUTO', torch.device('cpu')) is None
+    monkeypatch.setattr(amp_module, 'bf16_supported', lambda device: torch.device(device).type == 'cuda')
+    assert amp_mode('auto', 'cuda:0') == 'bf16'
+    monkeypatch.setattr(amp_module, 'bf16_supported', lambda device: False)  # a GPU before Ampere
+    assert amp_mode('auto', 'cuda:0') is None
+    assert amp_mode('fp16', 'cpu') == 'fp16'  # an explicit mode is kept
+
+
+def test_shipped_gpu_recipes_use_amp_auto():
+    for name in ('pretrain_vision_model.yaml', 'conclr_pretrain_vision_model.yaml'):
+        assert Config(REPO_ROOT / 'configs' / name).training_amp == 'auto', name
 
 
 def test_amp_mode_rejects_unknown_values():

@@ -57,9 +57,12 @@ def test_dry_run_setup_and_cuda_tests_outputs(dry_run):
     assert (out / 'setup' / 'nvidia-smi.txt').is_file() and (out / 'setup' / 'pip-list.txt').is_file()
     cases = ET.parse(out / 'cuda_tests' / 'junit.xml').getroot().iter('testcase')
     outcomes = [[child.tag for child in case] for case in cases]
-    # 2 models x 3 precisions, channels-last, ConAug, contrastive loss x 2: all run (on the CPU) and pass
+    # 2 models x 3 precisions, channels-last, ConAug, contrastive loss x 2: all run (on the CPU) and pass (the user
+    # commands' CUDA tests run only on a GPU; their CPU variants are in the normal suite)
     assert len(outcomes) == 10 and all(not o for o in outcomes), outcomes
     assert summary_rows(out)['cuda_tests'][3].startswith('10 passed, 0 failed')
+    assert 'tests/test_user_commands.py' in G.cmd_cuda_tests(G.Context(sys.executable, out, out, False, out, False,
+                                                                        {}), 60)
 
 
 def test_dry_run_benchmark_has_the_gpu_rows(dry_run):
@@ -163,7 +166,7 @@ def test_without_a_gpu_the_real_check_refuses(tmp_path, capsys):
 
 def test_train_steps_fit_the_benchmarked_step(tmp_path):
     ctx = G.Context(sys.executable, tmp_path, tmp_path, False, tmp_path, False, {})
-    assert G.train_steps(ctx, 120) == G.TRAIN_STEPS  # no benchmark result: the default
+    assert G.train_steps(ctx, 120) == G.FALLBACK_STEPS == 40  # no benchmark result: a few dozen steps
     (tmp_path / 'benchmark').mkdir()
     (tmp_path / 'benchmark' / 'benchmark.json').write_text(json.dumps({'metrics': {'train.abinet.step_s@bf16': 0.2}}))
     assert G.train_steps(ctx, 120) == 233  # (120 s - 50 s start-up) / (1.5 x 0.2 s)
