@@ -8,6 +8,7 @@ import torch
 from fastai.basic_train import loss_batch
 from fastai.callback import CallbackHandler
 
+import callbacks.conaug as conaug_module
 from callbacks.conaug import ConAugPretransform, conaug, conaug_views, draw_conaug_params, make_conaug_grid
 from tools.loop_references import conaug_loop
 from utils import CharsetMapper
@@ -220,33 +221,74 @@ def test_draw_params_unknown_side():
 
 def test_callback_leaves_evaluation_batches_alone():
     cb = ConAugPretransform()
-    y, l = onehot(WORDS)
-    assert cb.on_batch_begin(last_input=images_of(3), last_target=(y, l), train=False) is None
+    x, (y, l) = images_of(3), onehot(WORDS)
+    before = [t.clone() for t in (x, y, l)]
+    assert cb.on_batch_begin(last_input=x, last_target=(y, l), train=False) is None  # fastai keeps the batch
+    assert all(torch.equal(t, c) for t, c in zip((x, y, l), before))
+    assert cb.invalid_rate == 0.0
 
 
-def test_callback_returns_three_views_in_order():
+def half_width(a, b):
+    """Images a and b side by side, halved in width: bilinear, align_corners=False averages column pairs."""
+    pair = torch.cat([a, b], dim=2)
+    return 0.5 * (pair[..., 0::2] + pair[..., 1::2])
+
+
+def test_callback_rewrites_the_batch_as_built_by_hand(monkeypatch):
+    """With the pairing fixed, the callback's batch is exactly the hand-built one: the original, then view 1
+    (original + partner) and view 2 (partner + original), targets concatenated, lengths summed, overlong invalid."""
+    words = [[1, 2, 3, 4], [4, 3], [1]]  # "abcd", "dc", "a"
+    params = (torch.tensor([1, 2, 0]), torch.tensor([False, False, False]),
+              torch.tensor([2, 0, 1]), torch.tensor([True, True, True]))
+    monkeypatch.setattr(conaug_module, 'draw_conaug_params', lambda n, side, device=None: params)
+    x, (y, l) = images_of(3), onehot(words)
+    before = [t.clone() for t in (x, y, l)]
     cb = ConAugPretransform(side='sample')
-    x = images_of(3)
-    y, l = onehot([[1, 2, 3, 4], [4, 3], [1]])
+    out = cb.on_batch_begin(last_input=x, last_target=[y, l], train=True)
+    x0, x1, x2 = out['last_input']
+    yy, ll, y1, l1, v1, y2, l2, v2 = out['last_target']
+    assert x0 is x and yy is y and ll is l
+    assert all(torch.equal(t, c) for t, c in zip((x, y, l), before))  # the original batch is not written to
+    for i, j in enumerate([1, 2, 0]):  # view 1: sample i on the left of its partner j
+        torch.testing.assert_close(x1[i], half_width(x[i], x[j]))
+    for i, j in enumerate([2, 0, 1]):  # view 2: partner j on the left of sample i
+        torch.testing.assert_close(x2[i], half_width(x[j], x[i]))
+    assert indices(y1) == [[1, 2, 3, 4, 4, 3],   # abcd + dc: 6 chars, cut to the 6 slots, no end
+                           [4, 3, 1, 0, 0, 0],   # dc + a
+                           [1, 1, 2, 3, 4, 0]]   # a + abcd
+    assert l1.tolist() == [6, 4, 6] and v1.tolist() == [False, True, True]
+    assert indices(y2) == [[1, 1, 2, 3, 4, 0],   # a + abcd
+                           [1, 2, 3, 4, 4, 3],   # abcd + dc: overlong
+                           [4, 3, 1, 0, 0, 0]]   # dc + a
+    assert l2.tolist() == [6, 6, 4] and v2.tolist() == [True, False, True]
+    assert cb.invalid_rate == pytest.approx(2 / 6)
+
+
+@pytest.mark.parametrize('side', ['fixed', 'batch', 'sample'])
+def test_callback_views_match_the_loop_reference(side):
+    """The callback's two views equal the per-sample loop (tools/loop_references.py) on its own draws."""
+    g = torch.Generator().manual_seed(7)
+    words = [[1 + int(k) for k in torch.randint(0, 4, (int(n),), generator=g)]
+             for n in torch.randint(1, T, (8,), generator=g)]
+    x, (y, l) = images_of(8, w=10, seed=7), onehot(words)
+    cb = ConAugPretransform(side=side)
     torch.manual_seed(5)
     out = cb.on_batch_begin(last_input=x, last_target=[y, l], train=True)
     torch.manual_seed(5)
-    perm1, left1, perm2, left2 = draw_conaug_params(3, 'sample')
-    assert set(out) == {'last_input', 'last_target'}
+    perm1, left1, perm2, left2 = draw_conaug_params(8, side)
     x0, x1, x2 = out['last_input']
-    assert x0 is x
     yy, ll, y1, l1, v1, y2, l2, v2 = out['last_target']
-    assert yy is y and ll is l
-    for got, want in zip((x1, y1, l1, v1), conaug(x, y, l, perm1, left1)):
-        assert torch.equal(got, want)
-    for got, want in zip((x2, y2, l2, v2), conaug(x, y, l, perm2, left2)):
-        assert torch.equal(got, want)
-    n_invalid = int((~v1).sum() + (~v2).sum())
-    assert cb.invalid_rate == pytest.approx(n_invalid / 6)
+    assert x0 is x and yy is y and ll is l
+    for got, (perm, left) in (((x1, y1, l1, v1), (perm1, left1)), ((x2, y2, l2, v2), (perm2, left2))):
+        x_ref, y_ref, l_ref, v_ref = conaug_loop(x, y, l, perm, left)
+        torch.testing.assert_close(got[0], x_ref)
+        assert torch.equal(got[1], y_ref) and got[2].tolist() == l_ref.tolist() and got[3].tolist() == v_ref.tolist()
+    assert cb.invalid_rate == pytest.approx(int((~v1).sum() + (~v2).sum()) / 16)
 
 
 def test_callback_through_fastai_handler():
-    """fastai's CallbackHandler feeds the dict back: model(x, x1, x2) and loss(out, y, l, y1, l1, v1, y2, l2, v2)."""
+    """fastai's CallbackHandler feeds the dict back: model(x, x1, x2) and loss(out, y, l, y1, l1, v1, y2, l2, v2),
+    the rewritten batch itself (the loop reference's views); evaluation batches reach them unchanged."""
     seen = {}
 
     class Model(torch.nn.Module):
@@ -258,18 +300,31 @@ def test_callback_through_fastai_handler():
         seen['targets'] = targets
         return out
 
-    handler = CallbackHandler([ConAugPretransform()])
+    handler = CallbackHandler([ConAugPretransform(side='sample')])
     handler.state_dict.update(dict(epoch=0, iteration=0, num_batch=0))
-    y, l = onehot(WORDS)
-    xb, yb = handler.on_batch_begin(images_of(3), [y, l], train=True)
+    x, (y, l) = images_of(3), onehot(WORDS)
+    torch.manual_seed(3)
+    xb, yb = handler.on_batch_begin(x, [y, l], train=True)
     loss_batch(Model(), xb, yb, loss_func, cb_handler=handler)
-    assert len(seen['inputs']) == 3 and all(t.shape == (3, 3, 4, 6) for t in seen['inputs'])
-    assert len(seen['targets']) == 8
-    assert [t.dtype for t in seen['targets']][4] == torch.bool
+    torch.manual_seed(3)
+    perm1, left1, perm2, left2 = draw_conaug_params(3, 'sample')
+    ref1, ref2 = conaug_loop(x, y, l, perm1, left1), conaug_loop(x, y, l, perm2, left2)
+    x0, x1, x2 = seen['inputs']
+    assert x0 is x
+    torch.testing.assert_close(x1, ref1[0])
+    torch.testing.assert_close(x2, ref2[0])
+    targets = seen['targets']
+    assert len(targets) == 8 and targets[0] is y and targets[1] is l
+    for got, want in zip(targets[2:5], ref1[1:]):
+        assert torch.equal(got, want)
+    for got, want in zip(targets[5:], ref2[1:]):
+        assert torch.equal(got, want)
+    assert targets[4].dtype == targets[7].dtype == torch.bool
 
-    xb, yb = handler.on_batch_begin(images_of(3), [y, l], train=False)
+    xb, yb = handler.on_batch_begin(x, [y, l], train=False)
     loss_batch(Model(), xb, yb, loss_func, cb_handler=handler)
-    assert len(seen['inputs']) == 1 and len(seen['targets']) == 2
+    assert len(seen['inputs']) == 1 and seen['inputs'][0] is x
+    assert len(seen['targets']) == 2 and seen['targets'][0] is y and seen['targets'][1] is l
 
 
 def test_grid_png_written(tmp_path):

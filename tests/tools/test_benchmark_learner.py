@@ -1,7 +1,8 @@
 """Benchmark harness, learner section: a training step through fastai's Learner against the plain PyTorch loop.
 
-No timing is asserted: the machine is shared and timings are noise here. What is checked is that the section
-reports its rows, and that the Learner and the plain loop do the same work (same weights after the same steps).
+Timings are noise on a shared machine, so the measured overhead is only held to a wide, sane bound. What is
+checked is that the Learner and the plain loop do the same work (equal losses and weights after the same steps,
+within the stated tolerances), that the section reports those numbers, and that its rows fail when they differ.
 """
 
 import math
@@ -21,8 +22,13 @@ def tiny_setup(name: str, batch: int = 2) -> tuple[B.Config, tuple[torch.Tensor,
     return config, B.make_batch(batch, charset, config.dataset_image_height, config.dataset_image_width, CPU, seed=9)
 
 
-def test_learner_section_reports_its_metrics():
-    report = B.run(['--quick', '--sections', 'learner'])
+# A sane bound on the tiny model's measured overhead, wide for a shared 2-core machine: the Learner neither does
+# the step's work twice over (+200 % is three plain steps) nor skips part of it (-60 %).
+OVERHEAD_BOUNDS = (-60.0, 200.0)
+
+
+def test_learner_section_reports_equal_work_and_a_sane_overhead():
+    report = B.run(['--quick', '--sections', 'learner', '--steps', '4', '--learner_rounds', '3'])
     rows = {r.key: r for r in report.rows}
     metrics = ('plain_ms', 'learner_ms', 'overhead_pct', 'loss_rel_diff', 'weight_max_diff')
     assert list(rows) == [f'learner.{tag}.{m}' for tag in ('abinet', 'conclr') for m in metrics]
@@ -31,11 +37,31 @@ def test_learner_section_reports_its_metrics():
         plain, learner = rows[f'learner.{tag}.plain_ms'].value, rows[f'learner.{tag}.learner_ms'].value
         overhead = rows[f'learner.{tag}.overhead_pct']
         assert plain > 0 and learner > 0 and math.isfinite(plain) and math.isfinite(learner)
-        assert math.isfinite(overhead.value) and overhead.value > -100
         assert overhead.value == pytest.approx((learner - plain) / plain * 100)
+        assert OVERHEAD_BOUNDS[0] < overhead.value < OVERHEAD_BOUNDS[1], (tag, plain, learner)
         assert overhead.status == ''  # the 3 % target is for the quarter size, not the tiny model
-        assert rows[f'learner.{tag}.loss_rel_diff'].status == 'PASS'
-        assert rows[f'learner.{tag}.weight_max_diff'].status == 'PASS'
+        assert 'median of 12 steps, 3 alternating rounds' in rows[f'learner.{tag}.plain_ms'].note
+        # the same work: equal losses and weights within the stated tolerances, and the rows say so
+        loss, weights = rows[f'learner.{tag}.loss_rel_diff'], rows[f'learner.{tag}.weight_max_diff']
+        assert 0 <= loss.value <= B.LEARNER_LOSS_AGREEMENT and loss.target == f'<= {B.LEARNER_LOSS_AGREEMENT:g}'
+        assert 0 <= weights.value <= B.LEARNER_WEIGHT_AGREEMENT
+        assert weights.target == f'<= {B.LEARNER_WEIGHT_AGREEMENT:g}'
+        assert loss.status == weights.status == 'PASS'
+        learner_loss, plain_loss = (float(v) for v in loss.note.split(': ')[-1].split(' vs '))
+        assert math.isfinite(plain_loss) and learner_loss == pytest.approx(plain_loss, rel=B.LEARNER_LOSS_AGREEMENT)
+
+
+def test_agreement_rows_fail_when_the_two_paths_differ(monkeypatch):
+    """The rows the section reports are the agreement's own numbers: a Learner whose weights and loss drift from
+    the plain loop's fails both."""
+    monkeypatch.setattr(B, 'time_learner', lambda s, name, steps: ([0.010, 0.010], [0.011, 0.011]))
+    monkeypatch.setattr(B, 'learner_agreement', lambda *a, **k: B.LearnerAgreement([1.0, 0.9], [1.0, 0.99], 0.5, 1.0))
+    rows = {r.key: r for r in B.run(['--quick', '--sections', 'learner']).rows}
+    for tag in ('abinet', 'conclr'):
+        assert rows[f'learner.{tag}.overhead_pct'].value == pytest.approx(10.0)
+        assert rows[f'learner.{tag}.loss_rel_diff'].value == pytest.approx(0.1)
+        assert rows[f'learner.{tag}.weight_max_diff'].value == 0.5
+        assert rows[f'learner.{tag}.loss_rel_diff'].status == rows[f'learner.{tag}.weight_max_diff'].status == 'FAIL'
 
 
 def test_quarter_size_overhead_row_carries_the_target(monkeypatch):

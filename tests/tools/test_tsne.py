@@ -1,4 +1,6 @@
-"""tools/tsne.py: slot selection against hand-built glimpses, t-SNE keeps separated clusters apart, and the
+"""tools/tsne.py: slot selection against hand-built glimpses, glimpses are the model's features of the
+ground-truth slots, t-SNE keeps each character's glimpses together (nearest-neighbour label agreement on a
+separable toy set), the plot draws each character's points in its colour with its label at their median, and the
 tool writes its side-by-side PNG from rendered words in an LMDB."""
 
 import os
@@ -85,6 +87,42 @@ def test_embed_2d_keeps_separated_clusters_apart():
         tsne.embed_2d(np.zeros((3, 8)))
 
 
+def neighbour_agreement(points, labels):
+    """Share of points whose nearest other point carries the same label."""
+    labels = np.asarray(labels)
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return float((labels[d.argmin(axis=1)] == labels).mean())
+
+
+def test_embed_2d_keeps_glimpses_of_one_character_together():
+    """Four characters, 12 noisy glimpses each around their own centre in 16-D: after t-SNE every point's nearest
+    neighbour is of its own character; with the labels shuffled the same measure drops to chance."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0.0, 6.0, (4, 16))
+    labels = [c for c in 'abcd' for _ in range(12)]
+    vectors = np.concatenate([centre + rng.normal(0.0, 1.0, (12, 16)) for centre in centres])
+    points = tsne.embed_2d(vectors, perplexity=8)
+    assert neighbour_agreement(vectors, labels) == 1.0  # the toy set is separable to begin with
+    assert neighbour_agreement(points, labels) == 1.0
+    assert neighbour_agreement(points, rng.permutation(labels)) < 0.6
+
+
+def test_glimpses_are_the_models_features_of_the_ground_truth_slots(word_lmdb):
+    config = Config(write_config(word_lmdb.parent))
+    charset = CharsetMapper(CHARSET, 5)
+    dataset = ImageDataset(word_lmdb, charset, False)
+    torch.manual_seed(0)
+    model = BaseVision(config).eval()
+    vectors, labels = tsne.collect_glimpses(model, dataset, charset, max_samples=12, batch_size=5)
+    with torch.no_grad():
+        feature = model(torch.stack([dataset[i][0] for i in range(12)]))['feature']
+    words = [WORDS[k % len(WORDS)].lower() for k in range(12)]
+    expected = np.concatenate([feature[n, :len(w)].numpy() for n, w in enumerate(words)])
+    assert labels == list(''.join(words))
+    np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_tsne_points_cover_every_ground_truth_character(word_lmdb):
     config = Config(write_config(word_lmdb.parent))
     charset = CharsetMapper(CHARSET, 5)
@@ -94,6 +132,32 @@ def test_tsne_points_cover_every_ground_truth_character(word_lmdb):
     expected = ''.join(WORDS[k % len(WORDS)].lower() for k in range(30))
     assert labels == list(expected)
     assert points.shape == (len(expected), 2) and np.isfinite(points).all()
+
+
+def test_plot_draws_each_characters_points_in_its_colour_with_its_label(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    close = plt.close
+    monkeypatch.setattr(plt, 'close', lambda fig: (drawn.append(fig), close(fig)))
+    rng = np.random.default_rng(2)
+    panels = [('left', rng.normal(size=(7, 2)), list('abcabca')), ('right', rng.normal(size=(4, 2)), list('zz0z'))]
+    chars = list('abcz0')
+    tsne.plot_panels(panels, tmp_path / 'p.png', chars)
+    assert cv2.imread(str(tmp_path / 'p.png')).shape == (700, 1400, 3)
+    colours = tsne.char_colours(chars)
+    (fig,) = drawn
+    for ax, (title, points, labels) in zip(fig.axes, panels):
+        assert ax.get_title() == f'{title}\n{len(points)} character glimpses'
+        present = [c for c in chars if c in labels]
+        assert len(ax.collections) == len(present)
+        for scatter, c in zip(ax.collections, present):
+            mine = points[np.asarray(labels) == c]
+            np.testing.assert_allclose(scatter.get_offsets(), mine)
+            np.testing.assert_allclose(scatter.get_facecolor()[0][:3], colours[c][:3])
+        assert [t.get_text() for t in ax.texts] == present
+        for text, c in zip(ax.texts, present):
+            np.testing.assert_allclose(text.get_position(), np.median(points[np.asarray(labels) == c], axis=0))
 
 
 def test_command_line_two_models_side_by_side(word_lmdb, capsys):
@@ -108,7 +172,9 @@ def test_command_line_two_models_side_by_side(word_lmdb, capsys):
     assert status == 0, err
     picture = cv2.imread(str(out))
     assert picture.shape == (700, 1400, 3)  # two 7-inch panels at 100 dpi
-    assert 'ABINet-Vision: abinet.pth' in err and 'ConCLR-Vision: conclr.pth' in err
+    glimpses = sum(len(WORDS[k % len(WORDS)]) for k in range(20))  # every ground-truth character of 20 samples
+    assert f'ABINet-Vision: abinet.pth: {glimpses} character glimpses' in err
+    assert f'ConCLR-Vision: conclr.pth: {glimpses} character glimpses' in err
 
     status = tsne.main(['--config', str(write_config(tmp)), '--checkpoint', str(base), '--lmdb', str(word_lmdb),
                         '--output', str(tmp / 'one.png'), '--max_samples', '20', '--perplexity', '5'])

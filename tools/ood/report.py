@@ -193,7 +193,7 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
              'the reference arm\'s training time (evaluation excluded), its schedule stretched to its own length. '
              'The two models\' step times were measured side by side in one process (fastai Learner, training\'s '
              'callbacks, alternating rounds, median) on the machine that trained the baseline\'s run, not taken '
-             'from the two runs, which may come from different sessions and machine speeds: '
+             'from the two runs, which may come from different machines and machine speeds: '
              + _wall_clock_text(result.get('wall_clock', {})))):
         table = result['tables'].get(key)
         if not table:

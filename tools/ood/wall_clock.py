@@ -1,10 +1,10 @@
 """The equal-wall-clock baseline's length: the baseline's and the reference arm's training steps timed side by side.
 
-Two runs' own training seconds come from different sessions, and on a shared VM the same step drifts by a quarter
-within one session, so their ratio would mix machine speed into the comparison. Here both models' steps are timed
-in one process, in alternating rounds, just before the baseline's equal-wall-clock run trains; the ratio of their
-medians gives its steps. The measurement is saved in <output>/wall_clock.json, so a resumed study reuses it and the
-run keeps its spec.
+Two runs' own training seconds may come from different machines or machine loads, and on a shared VM the same step
+drifts by a quarter within one run, so their ratio would mix machine speed into the comparison. Here both models'
+steps are timed in one process, in alternating rounds, just before the baseline's equal-wall-clock run trains; the
+ratio of their medians gives its steps. The measurement is saved in <output>/wall_clock.json, so a resumed study
+reuses it and the run keeps its spec.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import matplotlib.figure
 import matplotlib.image
 import pytest
 import torch
@@ -15,7 +16,7 @@ import yaml
 
 from support.checkpoint import PERIODIC, periodic_checkpoints, save_checkpoint
 from tools.ood import cli, figures, runs, wall_clock
-from tools.ood.data import FULL_ALPHABET, SYNTHETIC_SETS
+from tools.ood.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS
 from tools.ood.preset import load_preset
 from tools.ood.study import Study
 from training import train
@@ -24,6 +25,9 @@ REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / 'configs' / 'experiment_tiny.yaml'
 CUTE80 = REPO / '..' / 'shared' / 'benchmarks' / 'CUTE80'  # 288 real images: the smallest benchmark
 HAS_CUTE80 = (CUTE80 / 'data.mdb').is_file()
+
+
+DRAWN = {}  # figure file name -> the matplotlib Figure the study saved under it
 
 
 def _records(output: Path) -> dict[str, dict]:
@@ -42,7 +46,15 @@ def study(tmp_path_factory):
     preset['experiment'].update(benchmarks=True, benchmark_dir=str(bench))
     (root / 'preset.yaml').write_text(yaml.safe_dump(preset))
     output = root / 'out'
-    assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):  # the last figure saved under each name, to read its content back
+        DRAWN[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, 'savefig', keep)
+        assert cli.main(['--preset', str(root / 'preset.yaml'), '--output', str(output)]) == 0
     return root, output, json.loads((output / 'results.json').read_text())
 
 
@@ -140,10 +152,67 @@ def test_figures_and_kept_files(study):
     for name in ('curves_steps.png', 'curves_wallclock.png', 'tsne_oov_words.png', 'tsne_oov_random.png'):
         image = matplotlib.image.imread(output / name)
         assert image.ndim == 3 and image.shape[0] > 100, name
-        assert name in result['figures']
+        assert name in result['figures'] and name in DRAWN
     for workdir in (output / 'runs').iterdir():
         assert (workdir / 'train.txt').is_file() and list(workdir.glob('events.out.tfevents.*'))
         assert len(list(workdir.glob('*.pth'))) == 1  # only the final checkpoint is kept
+
+
+def _series(ax) -> dict[str, set]:
+    """{legend label: set of (xs, ys)} of the lines of one panel (unlabelled lines join the label before them)."""
+    series, label = {}, None
+    for line in ax.get_lines():
+        label = line.get_label() if not line.get_label().startswith('_') else label
+        series.setdefault(label, set()).add((tuple(line.get_xdata()), tuple(line.get_ydata())))
+    return series
+
+
+@pytest.mark.parametrize('name, wall_clock', [('curves_steps.png', False), ('curves_wallclock.png', True)])
+def test_curve_figures_plot_every_runs_curve_from_results_json(study, name, wall_clock):
+    """One panel per synthetic set; each arm's line is its run's cwr (%) on that set's curve subset against its
+    steps (or training seconds: steps x seconds_per_step), as results.json records them."""
+    _, _, result = study
+    size, baseline = result['vocab_size'], result['experiment']['baseline']
+    columns = {arm: f'v{size}-{arm}-s0' for arm in result['arms']}
+    labels = {arm: entry['label'] for arm, entry in result['arms'].items()}
+    if wall_clock:
+        columns['wall'] = f'v{size}-{baseline}-wall-s0'
+        labels['wall'] = labels[baseline] + ' (equal wall-clock)'
+    fig = DRAWN[name]
+    assert len(fig.axes) == len(SYNTHETIC_SETS)
+    for ax, set_name in zip(fig.axes, SYNTHETIC_SETS):
+        assert ax.get_title() == f'{SET_LABELS[set_name]} (curve subset)'
+        assert ax.get_xlabel() == ('training seconds (evaluation excluded)' if wall_clock else 'optimiser steps')
+        expected = {}
+        for arm, run_id in columns.items():
+            record = result['runs'][run_id]
+            scale = record['seconds_per_step'] if wall_clock else 1
+            points = [(p['iteration'] * scale, 100 * p[f'{set_name}_curve']['cwr']) for p in record['curve']]
+            assert len(points) == result['experiment']['curve_points']
+            expected[labels[arm]] = {tuple(map(tuple, zip(*points)))}
+        got = {label: {(tuple(map(float, xs)), tuple(map(float, ys))) for xs, ys in lines}
+               for label, lines in _series(ax).items()}
+        assert got.keys() == expected.keys()
+        for label in expected:
+            ((xs, ys),), ((gx, gy),) = expected[label], got[label]
+            assert gx == pytest.approx(xs) and gy == pytest.approx(ys), (set_name, label)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(expected)
+
+
+@pytest.mark.parametrize('name', ['tsne_oov_words.png', 'tsne_oov_random.png'])
+def test_tsne_figures_show_the_baseline_beside_the_reference_of_the_recorded_seed(study, name):
+    _, _, result = study
+    size, e = result['vocab_size'], result['experiment']
+    seed = 0
+    assert f'(seed {seed}, {e["tsne_images"]} images)' in result['figures'][name]
+    fig = DRAWN[name]
+    assert len(fig.axes) == 2
+    for ax, arm in zip(fig.axes, (e['baseline'], e['reference'])):
+        record = result['runs'][f'v{size}-{arm}-s{seed}']
+        head, count = ax.get_title().split('\n')
+        assert head == f"{result['arms'][arm]['label']}, {record['steps']} steps"
+        points = sum(len(c.get_offsets()) for c in ax.collections)
+        assert count == f'{points} character glimpses' and points >= e['tsne_images']  # a glimpse per character
 
 
 def _strings(tree):
