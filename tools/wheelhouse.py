@@ -34,6 +34,10 @@ TORCH_FAMILY = re.compile(r'^\s*(torch|torchvision|triton|nvidia-(?!ml-py)[a-z0-
                           re.IGNORECASE)
 TORCH_PROBE = 'import torch; print(torch.__version__); print(torch.version.cuda or "")'
 NOT_FOUND = re.compile(r'No matching distribution found for (\S+)')
+# with a constraint, pip reports a package it finds no file of as a conflict between the request and the pin
+CONFLICT = re.compile(r'Cannot install .+ because these package versions have conflicting dependencies')
+CAUSE = re.compile(r'^\s+(The user requested.*|\S+ \S+ depends on .*)$', re.MULTILINE)
+DIST_NAME = re.compile(r'^(.+?)-\d')
 
 
 class WheelhouseError(RuntimeError):
@@ -65,12 +69,41 @@ def pip_command(python: str, wheelhouse: Path, requirements: Path, constraints: 
             str(wheelhouse), '-r', str(requirements), '-c', str(constraints)]
 
 
+def normal_name(name: str) -> str:
+    """A distribution name as pip compares it (PEP 503: case, '-', '_' and '.' alike)."""
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def names_in(wheelhouse: Path) -> set[str]:
+    """The distributions the wheelhouse has a file of (wheels and source archives)."""
+    names = set()
+    for path in wheelhouse.iterdir() if wheelhouse.is_dir() else []:
+        match = DIST_NAME.match(path.name)
+        if match and path.name.endswith(('.whl', '.tar.gz', '.zip')):
+            names.add(normal_name(match.group(1)))
+    return names
+
+
+def lacks_line(requirement: str, wheelhouse: Path) -> str:
+    """The one line for a package the wheelhouse has no usable file of."""
+    return (f'the wheelhouse {wheelhouse} lacks {requirement} (for this machine\'s Python and platform): add it with '
+            'pip download on a machine with a package index (docs/reference.md#installation-without-network)')
+
+
 def failure_line(output: str, wheelhouse: Path) -> str:
-    """pip's failure as one line: the package the wheelhouse lacks, else pip's last error line."""
+    """pip's failure as one line: the package the wheelhouse lacks, else the conflict, else pip's last error."""
     missing = NOT_FOUND.findall(output)
     if missing:
-        return (f'the wheelhouse {wheelhouse} lacks {missing[-1]} (for this machine\'s Python and platform): add it '
-                'with pip download on a machine with a package index (docs/reference.md#installation-without-network)')
+        return lacks_line(missing[-1], wheelhouse)
+    if CONFLICT.search(output):
+        causes = [c.strip() for c in CAUSE.findall(output)]
+        have = names_in(wheelhouse)
+        for cause in sorted(causes, key=lambda c: '(constraint)' not in c):  # the exact pin first
+            spec = cause.split('(constraint)')[-1].split('requested')[-1].strip() if 'requested' in cause else ''
+            name = re.split(r'[<>=!~;\[ ]', spec, maxsplit=1)[0]
+            if name and normal_name(name) not in have:
+                return lacks_line(spec, wheelhouse)
+        return f'installing from the wheelhouse {wheelhouse} failed: conflicting versions: {"; ".join(causes)}'[:600]
     errors = [line.strip() for line in output.splitlines() if line.strip().startswith('ERROR')]
     last = errors[-1] if errors else (output.strip().splitlines() or ['no output'])[-1]
     return f'installing from the wheelhouse {wheelhouse} failed: {last[:300]}'

@@ -296,8 +296,25 @@ def test_wheelhouse_missing_package_is_one_line_naming_it(tmp_path, monkeypatch)
         W.install('/node/python', tmp_path / 'none', tmp_path)
 
 
-def test_wheelhouse_installs_with_real_pip_into_a_fresh_venv(tmp_path):
+def test_wheelhouse_conflict_output_names_the_pin_the_folder_lacks(tmp_path):
+    """pip 23's words when the pinned version is nowhere but another version is on some other find-links path."""
+    pip_says = ('ERROR: Cannot install setuptools<81 because these package versions have conflicting dependencies.\n\n'
+                'The conflict is caused by:\n    The user requested setuptools<81\n'
+                '    The user requested (constraint) setuptools==80.10.2\n\nTo fix this you could try to:\n'
+                '1. loosen the range of package versions you\'ve specified\n'
+                'ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/...\n')
+    assert W.failure_line(pip_says, tmp_path).startswith(f'the wheelhouse {tmp_path} lacks setuptools==80.10.2 ')
+    (tmp_path / 'setuptools-79.0.0-py3-none-any.whl').write_bytes(b'')
+    assert W.failure_line(pip_says, tmp_path) == (
+        f'installing from the wheelhouse {tmp_path} failed: conflicting versions: The user requested setuptools<81; '
+        'The user requested (constraint) setuptools==80.10.2')
+
+
+def test_wheelhouse_installs_with_real_pip_into_a_fresh_venv(tmp_path, monkeypatch):
     """pip itself, offline, in a temporary venv: the demo wheel installs; a package the folder lacks is named."""
+    for name in ('PIP_FIND_LINKS', 'PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL'):  # only the wheelhouse, whatever is set
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
     python = str(W.ensure_venv(tmp_path / 'venv', sys.executable))
     wheels, requirements, lock = fake_wheelhouse(tmp_path, 'gpu-check-demo-pkg')
     W.install(python, wheels, tmp_path, requirements, lock, log=tmp_path / 'install.log')
@@ -306,6 +323,13 @@ def test_wheelhouse_installs_with_real_pip_into_a_fresh_venv(tmp_path):
     assert done.stdout.strip() == 'True', done.stderr
     requirements.write_text('gpu-check-demo-pkg\ngpu-check-absent-pkg\n')
     with pytest.raises(W.WheelhouseError, match=r'lacks gpu-check-absent-pkg \(for this machine'):
+        W.install(python, wheels, tmp_path, requirements, lock)
+    lock.write_text('gpu-check-demo-pkg==0.1\ngpu-check-absent-pkg==1.0\n')  # pinned too: still named
+    with pytest.raises(W.WheelhouseError, match=r'lacks gpu-check-absent-pkg(==1.0)? \(for this machine'):
+        W.install(python, wheels, tmp_path, requirements, lock)
+    # a file of it that does not satisfy the pin is a conflict, reported as such
+    make_wheel(wheels, 'gpu_check_absent_pkg', '0.5')
+    with pytest.raises(W.WheelhouseError, match=r'failed: conflicting versions: The user requested gpu-check-absent'):
         W.install(python, wheels, tmp_path, requirements, lock)
 
 
