@@ -3,7 +3,7 @@ the fastai Learner's own overhead per training step.
 
     python -m tools.benchmark --output results.json            # quarter-width model, batch 32, a few minutes on 2 cores
     python -m tools.benchmark --quick                           # tiny model, seconds (used by the test suite)
-    python -m tools.benchmark --size official --batch 384 --device cuda --fit_batch --channels_last \
+    python -m tools.benchmark --size official --batch 384 --device cuda --fit_memory --channels_last \
         --cudnn_benchmark --infer_batch 384 --output gpu.json     # the GPU rows (tools/gpu_check.sh runs this)
     python -m tools.benchmark --sections learner --threads 1    # Learner vs plain PyTorch loop, quarter width
     python -m tools.benchmark --sections onnx --official ../ABINet --onnx_profile   # PyTorch vs ONNX Runtime
@@ -405,6 +405,7 @@ class Settings:
     demo_copies: int
     quick: bool
     fit_batch: bool = False
+    fit_memory: bool = False
     channels_last: bool = False
     loss_steps: int = 10
     loss_batch: int = 64
@@ -477,6 +478,44 @@ def fallback_batches(batch: int) -> list[int]:
         if 0 < b < out[-1]:
             out.append(b)
     return out
+
+
+def lineup_bytes(estimates: dict[str, Any], batch: int) -> float:
+    """Bytes the training line-up needs at `batch` by the memory estimate: the three models' weights, gradients and
+    Adam state are held at once (ABINet twice, ConCLR), the activations of one step at a time (the larger of ConCLR
+    at N, three views, and ABINet at 3N), plus the estimate's fixed reserve."""
+    from support.memory_estimate import RESERVE
+
+    abinet, conclr = estimates['abinet'], estimates['conclr']
+    activations = max(conclr.with_batch(batch).activation_bytes, abinet.with_batch(3 * batch).activation_bytes)
+    return 2 * abinet.state_bytes + conclr.state_bytes + activations + RESERVE
+
+
+def memory_batch(s: Settings, free: float | None = None) -> tuple[int, str]:
+    """The largest batch <= s.batch (a multiple of 8 when 8 or more) whose training line-up fits the device's
+    free memory by support/memory_estimate.py, measured in float32 (the costliest precision; every precision then
+    runs at the same batch); (batch, a note that says why)."""
+    from support.memory_estimate import GIB, free_memory, measure
+
+    if free is None:
+        free = free_memory(s.device)
+    estimates = {}
+    for tag, name in (('abinet', ABINET), ('conclr', CONCLR)):
+        config = model_config(name, s.size, s.config_path)
+        torch.manual_seed(0)
+        model = build_model(config)
+        shape = (3, config.dataset_image_height, config.dataset_image_width)
+        estimates[tag] = measure(model, shape, 3 if is_conclr(model) else 1, s.device, None, s.batch, None)
+        del model
+    free_device_memory(s.device)
+    if free is None:
+        return s.batch, f'batch {s.batch}: free memory unknown on {s.device}'
+    candidates = [b for b in range(s.batch, 0, -1) if b == s.batch or b < 8 or b % 8 == 0]
+    batch = next((b for b in candidates if lineup_bytes(estimates, b) <= free), 1)
+    need = lineup_bytes(estimates, batch) / GIB
+    verdict = ' (not even that fits: expect out-of-memory rows)' if need * GIB > free else ''
+    return batch, (f'batch {batch} of {s.batch} asked: the line-up needs about {need:.1f} GiB by the memory '
+                   f'estimate, {free / GIB:.1f} GiB free on {s.device}{verdict}')
 
 
 def fitting_train(s: Settings, precision: str) -> tuple[TrainResult, dict[str, int], dict[str, float | None]] | None:
@@ -1408,6 +1447,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--fit_batch', action='store_true',
                    help='on CUDA, halve the training batch of a precision until it fits in memory (else its rows '
                         'are skipped)')
+    p.add_argument('--fit_memory', action='store_true',
+                   help='lower the training batch beforehand to the largest that the memory estimate '
+                        '(support/memory_estimate.py) says fits the free memory (no out-of-memory retries)')
     p.add_argument('--channels_last', action='store_true',
                    help='store the models channels-last on CUDA, as training.channels_last does')
     p.add_argument('--cudnn_benchmark', action='store_true', help='torch.backends.cudnn.benchmark = True')
@@ -1481,7 +1523,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         clr_loop_n=pick(args.clr_loop_n, 4, 32), lmdb=args.lmdb, loader_samples=pick(args.loader_samples, 8, 300),
         official_size='tiny' if q else 'official', official_probe_batch=probe,
         official_steps=1 if q else 2, infer_batches=(1, args.infer_batch or 64), infer_repeats=3 if q else 20,
-        demo_copies=pick(args.demo_copies, 1, 16), quick=q, fit_batch=args.fit_batch,
+        demo_copies=pick(args.demo_copies, 1, 16), quick=q, fit_batch=args.fit_batch, fit_memory=args.fit_memory,
         channels_last=args.channels_last, loss_steps=pick(args.loss_steps, 2, 10),
         loss_batch=pick(args.loss_batch, 2, 64), learner_rounds=pick(args.learner_rounds, 1, 3),
         onnx_sizes=tuple(pick(args.onnx_sizes, ['tiny'], ['quarter', 'official'])),
@@ -1539,6 +1581,10 @@ def run(argv: list[str] | None = None) -> Report:
         torch.cuda.set_device(s.device)
     cudnn_before = torch.backends.cudnn.benchmark
     enable_cudnn_autotune(s.device)  # as main.py trains and evaluates
+    batch_note = None
+    if s.fit_memory and sections & {'train', 'conaug', 'clr'}:
+        batch, batch_note = memory_batch(s)
+        s = replace(s, batch=batch)
     report = Report()
     report.meta = {
         'command': 'python -m tools.benchmark ' + ' '.join(argv if argv is not None else sys.argv[1:]),
@@ -1546,7 +1592,8 @@ def run(argv: list[str] | None = None) -> Report:
         'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_start': list(os.getloadavg()), 'size': s.config_path or s.size, 'batch': s.batch,
         'steps': s.steps, 'warmup': s.warmup, 'precisions': s.precisions, 'quick': s.quick,
-        'malloc_tuned': malloc_tuned, 'fit_batch': s.fit_batch, 'channels_last': s.channels_last,
+        'malloc_tuned': malloc_tuned, 'fit_batch': s.fit_batch, 'fit_memory': s.fit_memory, 'batch_note': batch_note,
+        'channels_last': s.channels_last,
         'cudnn_benchmark': bool(args.cudnn_benchmark or torch.backends.cudnn.benchmark),
         'infer_batches': list(s.infer_batches),
     }

@@ -1,12 +1,13 @@
-"""GPU readiness check (issue 16): every part of the GPU path in one command, each part with its own time limit.
+"""GPU readiness check: every part of the GPU path in one command, each part with its own time limit.
 
-    bash tools/gpu_check.sh                       # one NVIDIA GPU: at most 9 minutes, installation included
+    bash tools/gpu_check.sh                       # one NVIDIA GPU: at most 6 minutes, installation included
+    bash tools/gpu_check.sh --wheelhouse DIR      # offline: first install what is missing from a pip download folder
     bash tools/gpu_check.sh --dry-run             # the same code path on the CPU with tiny sizes (the test suite)
-    bash tools/gpu_check.sh --fetch_wheels        # here, with a package index: wheels of what the GPU image lacks
 
-Parts, in order: setup (environment, installs what is missing from .whl/), cuda_tests (pytest -m cuda),
-benchmark (tools/benchmark.py's GPU rows at full size, batch 384), train (a short full-size bf16 run of main.py on
-rendered data, with its loss curve) and study (tools/ood with the gpu preset, cut to the time left).
+Parts, in order: setup (environment; with --wheelhouse, installs what is missing, tools/wheelhouse.py),
+cuda_tests (pytest -m cuda), benchmark (tools/benchmark.py's GPU rows at full size, at the largest batch up to 384
+that the memory estimate says fits), train (a short full-size bf16 run of main.py on rendered data, with its loss
+curve) and study (tools/ood with the gpu preset, cut to the time left; only when time is left).
 Everything lands in log/gpu/<card name>/: one folder per part with its output.log, and summary.md (plus
 summary.json), rewritten after every part, so it says which part failed or ran out of time and why even when a
 later one is cut off. This driver uses the standard library only: the parts run as child processes (killed with
@@ -34,13 +35,30 @@ from typing import Any, Callable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARTS_MODULE = 'tools.gpu_check_parts'  # run as `python -m` from the repository root
 PARTS = ('setup', 'cuda_tests', 'benchmark', 'train', 'study')
-# Seconds: each part's own limit, and the least time left at which an optional part still starts.
-LIMITS = {'setup': 75, 'cuda_tests': 150, 'benchmark': 210, 'train': 120, 'study': 150}
-MIN_START = {'train': 45, 'study': 75}
-OPTIONAL = ('train', 'study')  # "if time is left"
-BUDGET_S = 510  # 8.5 minutes for all parts: the issue's 9 minutes less the summary, archive and start-up
+# Seconds: each part's own limit, and the least time left at which an optional part still starts. The whole check
+# is 6 minutes on one GPU with nothing retried: BUDGET_S (the sum of LIMITS) for the parts plus RESERVE_S for the
+# interpreter's start, the card probe, the summary and the archive. How each limit was sized (none has run on a GPU
+# yet; the CPU figures are docs/performance.md's, the GPU ones follow from them and the memory estimate):
+# - setup 60 s: two import probes of torch + the project (~3 s each here; 6 s for the whole part in the dry run),
+#   nvidia-smi and pip list, and, when --wheelhouse installs, pip from local files with the node's torch kept
+#   (~90 wheels, fastai's closure; unmeasured: an estimate of 30-45 s);
+# - cuda_tests 75 s: 10 CUDA tests of 5 quarter-width steps each plus the user commands (main.py train / resume /
+#   test, demo, two DDP processes), each a new process of ~10 s start-up (imports, CUDA context);
+# - benchmark 100 s: ~35 s of start-up, FLOP count and memory estimate, then 3 precisions x (ABINet N, ConCLR N,
+#   ABINet 3N) x 8 steps = 56 N images per precision; at N = 384 and 37 GFLOP per image and step (3 x 12.47 at full
+#   size) that is ~0.8 PFLOP, ~3 s in bf16 and ~8 s in TF32 at 100-250 TFLOP/s achieved; the loss and loader
+#   sections (~25 s of CPU work) and evaluation at batch 1 and 384 make the rest;
+# - train 55 s: 40 s of rendering 4,000 words, start-up and two evaluations, then the steps that fit
+#   (train_steps) -- at the 2,500 images/s target a step of 384 takes ~0.15 s, so ~65 steps (40 at the least);
+# - study 50 s, or all that is left when earlier parts ended early: cut to the steps that fit (gpu_check_parts).
+LIMITS = {'setup': 60, 'cuda_tests': 75, 'benchmark': 100, 'train': 55, 'study': 50}
+MIN_START = {'train': 45, 'study': 45}
+OPTIONAL = ('train', 'study')  # they start only when at least MIN_START of the budget is left
+BUDGET_S = 340  # = sum(LIMITS.values())
+RESERVE_S = 20  # start-up, card probe, summary, archive: BUDGET_S + RESERVE_S = 360 s, the 6 minutes
 DRY_RUN_LIMIT_S = 900  # per part on a CPU shared with other jobs; only an injected timeout should ever hit it
 TRAIN_STEPS = 300
+TRAIN_STARTUP_S = 40  # the training part's rendering, start-up and evaluations (see LIMITS)
 FALLBACK_STEPS = 40  # the training part's steps when the benchmark measured no step time (it failed or was cut)
 # where the `cuda`-marked tests live (collecting all tests costs); the dry run leaves out the user commands, whose
 # CPU variants (the same code on the CPU) run in the normal test suite, to stay within its few minutes
@@ -123,8 +141,8 @@ class Context:
     out: Path
     work: Path
     dry_run: bool
-    wheels: Path
-    pip_online: bool
+    wheelhouse: Path | None
+    venv: Path
     env: dict[str, str]
     results: dict[str, PartResult] = field(default_factory=dict)
 
@@ -135,8 +153,8 @@ def _parts_cmd(ctx: Context, part: str, *extra: str) -> list[str]:
 
 
 def cmd_setup(ctx: Context, limit_s: float) -> list[str]:
-    return _parts_cmd(ctx, 'setup', '--wheels', str(ctx.wheels), '--site', str(ctx.work / 'site'),
-                      *(['--pip'] if ctx.pip_online else []))
+    return _parts_cmd(ctx, 'setup', '--venv', str(ctx.venv),
+                      *(['--wheelhouse', str(ctx.wheelhouse)] if ctx.wheelhouse else []))
 
 
 def cmd_cuda_tests(ctx: Context, limit_s: float) -> list[str]:
@@ -146,13 +164,15 @@ def cmd_cuda_tests(ctx: Context, limit_s: float) -> list[str]:
 
 
 def benchmark_args(dry_run: bool, output: Path) -> list[str]:
-    """tools/benchmark.py's arguments: full size at batch 384 on CUDA; the quick sizes on the CPU (dry run)."""
+    """tools/benchmark.py's arguments: full size on CUDA at the largest batch up to 384 that the memory estimate says
+    fits the free memory (--fit_memory: chosen beforehand, no out-of-memory retries); the quick sizes on the CPU
+    (dry run), through the same estimate."""
     if dry_run:
         sizes = ['--quick', '--device', 'cpu', '--amp', 'bf16', 'fp16', '--infer_batch', '4']
     else:
         sizes = ['--size', 'official', '--batch', '384', '--device', 'cuda', '--steps', '5', '--warmup', '2',
                  '--infer_batch', '384', '--loss_steps', '10', '--loss_batch', '64']
-    return [*sizes, '--fit_batch', '--channels_last', '--cudnn_benchmark',
+    return [*sizes, '--fit_memory', '--channels_last', '--cudnn_benchmark',
             '--sections', 'train', 'conaug', 'clr', 'losses', 'loader', 'infer', '--output', str(output)]
 
 
@@ -168,8 +188,7 @@ def train_steps(ctx: Context, limit_s: float) -> int:
     step = metrics.get('train.abinet.step_s@bf16')
     if ctx.dry_run or not step:
         return 6 if ctx.dry_run else FALLBACK_STEPS
-    startup = 50  # rendering, CUDA and loader start-up, two evaluations
-    return int(max(50, min(TRAIN_STEPS, (limit_s - startup) / (1.5 * step))))
+    return int(max(FALLBACK_STEPS, min(TRAIN_STEPS, (limit_s - TRAIN_STARTUP_S) / (1.5 * step))))
 
 
 def cmd_train(ctx: Context, limit_s: float) -> list[str]:
@@ -247,8 +266,13 @@ def run_part(ctx: Context, name: str, limit_s: float, fault: str | None) -> Part
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / 'output.log'
     log.write_text('')
-    cmd = injected(fault, ctx.python) if fault else COMMANDS[name](ctx, limit_s)
-    rc, seconds = run_limited(cmd, log, limit_s, ctx.env)
+    try:
+        cmd = injected(fault, ctx.python) if fault else COMMANDS[name](ctx, limit_s)
+        rc, seconds = run_limited(cmd, log, limit_s, ctx.env)
+    except Exception as e:  # the part could not even start (a missing interpreter, an unreadable file)
+        with open(log, 'a') as out:
+            out.write(f'[gpu_check] could not run the part: {type(e).__name__}: {e}\n')
+        return PartResult(name, 'FAILED', 0.0, round(limit_s), f'could not start: {type(e).__name__}: {e}'[:600])
     result = PartResult(name, 'ok' if rc == 0 else ('TIMED OUT' if rc is None else 'FAILED'), round(seconds, 1),
                         round(limit_s))
     if not fault:
@@ -351,10 +375,13 @@ def parse_limits(items: list[str]) -> dict[str, float]:
 
 
 def part_limit(name: str, args: argparse.Namespace, overrides: dict[str, float], left: float) -> float | None:
-    """The part's time limit within what is left of the budget; None when an optional part would not fit."""
+    """The part's time limit within what is left of the budget; None when an optional part would not fit. The last
+    part (the study) may use all that is left."""
     limit = overrides.get(name, DRY_RUN_LIMIT_S if args.dry_run else LIMITS[name])
     if name in OPTIONAL and left < MIN_START[name] and name not in overrides:
         return None
+    if name == PARTS[-1] and name not in overrides and not args.dry_run:
+        limit = max(limit, left)
     return max(1.0, min(limit, left))
 
 
@@ -373,7 +400,8 @@ def check(args: argparse.Namespace) -> int:
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'PYTORCH_CUDA_ALLOC_CONF': 'expandable_segments:True'}
     if args.dry_run:
         env.update(CONCLR_TEST_DEVICE='cpu', CONCLR_TEST_SIZE='tiny')
-    ctx = Context(python, out, work, args.dry_run, Path(args.wheels), args.pip, env)
+    wheelhouse = Path(args.wheelhouse).resolve() if args.wheelhouse else None
+    ctx = Context(python, out, work, args.dry_run, wheelhouse, Path(args.venv).resolve(), env)
     faults, overrides = parse_faults(args.inject), parse_limits(args.limit)
     budget = args.budget if args.budget is not None else (10 * DRY_RUN_LIMIT_S if args.dry_run else BUDGET_S)
     meta = {'card': card, 'when': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'budget_s': budget, 'dry_run': args.dry_run,
@@ -391,10 +419,8 @@ def check(args: argparse.Namespace) -> int:
                 print(f'[gpu_check] {name}: limit {limit:.0f} s', flush=True)
                 ctx.results[name] = run_part(ctx, name, limit, faults.get(name))
                 print(f'[gpu_check] {name}: {ctx.results[name].status} in {ctx.results[name].seconds:g} s', flush=True)
-                if name == 'setup':
-                    site = ctx.results[name].facts.get('site')
-                    if site:
-                        env['PYTHONPATH'] = os.pathsep.join(filter(None, [site, env.get('PYTHONPATH')]))
+                if name == 'setup' and ctx.results[name].facts.get('installed_into'):
+                    ctx.python = ctx.results[name].facts['installed_into']  # the venv the wheelhouse filled
             meta['seconds'] = time.monotonic() - start
             write_summary(ctx, meta)
     finally:
@@ -420,26 +446,6 @@ def archive(out: Path, folder: Path) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------- wheels
-
-# What the GPU image lacks (device README: PyTorch, numpy, OpenCV, matplotlib, scikit-learn, tensorboard, pytest
-# are there), pinned: fastprogress 1.0.3 needs nothing beyond the standard library, unlike 1.1.x (fastcore,
-# python-fasthtml), and fastai's import checks it with pkg_resources, which setuptools 81 and later lack.
-WHEELS = ('fastai==1.0.60', 'fastprogress==1.0.3', 'setuptools==80.10.2', 'lmdb==3.0.0', 'tensorboardX==2.6.5',
-          'editdistance==0.8.1', 'english-words==2.0.2')
-PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64',
-             'manylinux1_x86_64')
-
-
-def fetch_wheels(folder: Path, python_version: str, python: str) -> int:
-    """pip download WHEELS for the GPU image's Python into `folder` (needs a package index; run it here)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [python, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--python-version', python_version,
-           '--implementation', 'cp', *[a for p in PLATFORMS for a in ('--platform', p)], '-d', str(folder), *WHEELS]
-    print('$ ' + ' '.join(cmd), flush=True)
-    return subprocess.call(cmd)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -451,14 +457,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--limit', action='append', default=[], metavar='PART=SECONDS', help='override a part\'s limit')
     p.add_argument('--inject', action='append', default=[], metavar='PART=fail|timeout',
                    help='replace a part by a failing or never-ending command (tests the reporting)')
-    p.add_argument('--wheels', default=str(REPO_ROOT / '.whl'), help='wheels the setup part installs when a '
-                   'package is missing (default .whl, see --fetch_wheels)')
-    p.add_argument('--pip', action='store_true', help='setup may pip install missing packages from the index')
+    p.add_argument('--wheelhouse', default=None, metavar='DIR',
+                   help='when a package is missing, install the requirements from DIR with no index (a folder made '
+                        'with pip download: docs/reference.md#installation-without-network) into --venv')
+    p.add_argument('--venv', default=str(REPO_ROOT / '.venv'),
+                   help='the venv --wheelhouse installs into (default .venv; created with --system-site-packages)')
     p.add_argument('--python', default=None, help='interpreter for the parts (default: this one)')
-    p.add_argument('--archive', default=None, help='also pack the results as DIR/gpu_check.tar.gz (+ summary.md)')
+    p.add_argument('--archive', default=None, metavar='DIR',
+                   help='also pack the results as DIR/gpu_check.tar.gz (+ summary.md), e.g. to copy them off the node')
     p.add_argument('--keep-work', action='store_true', help='keep the temporary work folder (rendered data, runs)')
-    p.add_argument('--fetch_wheels', action='store_true', help='only download WHEELS into --wheels, then exit')
-    p.add_argument('--python_version', default='3.12', help='the GPU image\'s Python for --fetch_wheels')
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
@@ -466,10 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (tools/gpu_check.sh)."""
-    args = parse_args(argv)
-    if args.fetch_wheels:
-        return fetch_wheels(Path(args.wheels), args.python_version, args.python or sys.executable)
-    return check(args)
+    return check(parse_args(argv))
 
 
 if __name__ == '__main__':

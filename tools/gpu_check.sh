@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# GPU readiness check (issue 16): the CUDA tests, the benchmark's GPU rows, a short full-size bf16 training run and
-# the study's gpu preset cut to fit, each part with its own time limit, in at most 9 minutes on one NVIDIA GPU;
+# GPU readiness check: the CUDA tests, the benchmark's GPU rows, a short full-size bf16 training run and the
+# study's gpu preset cut to fit, each part with its own time limit, in at most 6 minutes on one NVIDIA GPU;
 # results in log/gpu/<card name>/ (summary.md). Arguments pass through to tools/gpu_check.py (--help).
 #   bash tools/gpu_check.sh                          # a GPU machine with the project installed (.venv or python3)
-#   bash tools/gpu_check.sh --archive "$OUT"         # the lent device: also packs $OUT/gpu_check.tar.gz
+#   bash tools/gpu_check.sh --wheelhouse DIR         # an offline node with only a CUDA torch: installs the rest
+#                                                    # from DIR (made with pip download) into .venv first
+#   bash tools/gpu_check.sh --archive DIR            # also packs DIR/gpu_check.tar.gz, to copy off the node
 #   bash tools/gpu_check.sh --dry-run                # the same path on the CPU, tiny sizes (the test suite runs it)
-# The interpreter: $PYTHON if set, else .venv/bin/python when its torch sees a GPU (or for --dry-run), else python3
-# (the lent device's, which has CUDA torch; the packages it lacks come from .whl/, see --fetch_wheels).
+# The interpreter: $PYTHON if set, else .venv/bin/python when its torch sees a GPU (or for --dry-run), else python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then

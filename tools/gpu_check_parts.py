@@ -1,12 +1,12 @@
 """The parts of tools/gpu_check.py that run project code, one child process each: setup, train, study.
 
-    python -m tools.gpu_check_parts setup --dir OUT --work TMP --wheels .whl --site TMP/site
+    python -m tools.gpu_check_parts setup --dir OUT --work TMP [--wheelhouse DIR --venv .venv]
     python -m tools.gpu_check_parts train --dir OUT --work TMP --steps 300
     python -m tools.gpu_check_parts study --dir OUT --work TMP --seconds 120
 
 Each writes OUT/result.json ({'ok', 'detail', 'facts'}) for the driver's summary; `--dry-run` gives the CPU's
-tiny sizes. The setup part imports nothing beyond the standard library, so it can report (and mend) a machine on
-which the project does not import yet.
+tiny sizes. The setup part imports nothing beyond the standard library, so it can report (and, with --wheelhouse,
+mend) a machine on which the project does not import yet.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Modules the project imports (tools and tests included); the GPU image lacks some of them (gpu_check.WHEELS).
+# Modules the project imports (tools and tests included): a machine with only a CUDA torch lacks most of them.
 REQUIRED_MODULES = ('torch', 'numpy', 'fastai', 'fastprogress', 'pkg_resources', 'lmdb', 'tensorboardX',
                     'editdistance', 'english_words', 'cv2', 'yaml', 'PIL', 'matplotlib', 'sklearn', 'tensorboard',
                     'pytest')
@@ -68,10 +68,10 @@ def write_result(folder: Path, ok: bool, detail: str, **facts: Any) -> None:
 # ----------------------------------------------------------------------------------------------- setup
 
 
-def probe(env: dict[str, str]) -> dict[str, Any]:
-    """Which required modules import, whether the project imports, and what torch sees (a child interpreter)."""
-    done = subprocess.run([sys.executable, '-c', PROBE, *REQUIRED_MODULES], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+def probe(python: str) -> dict[str, Any]:
+    """Which required modules `python` imports, whether the project imports, and what torch sees there."""
+    done = subprocess.run([python, '-c', PROBE, *REQUIRED_MODULES], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
     if done.returncode != 0:
         return {'missing': {}, 'project': f'the probe itself failed: {done.stderr.strip()[-300:]}', 'facts': {}}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -86,57 +86,41 @@ def save_command(cmd: list[str], path: Path) -> None:
         path.write_text(f'{" ".join(cmd)}: {e}\n')
 
 
-def install(wheels: Path, site: Path, pip_online: bool, log: Path) -> list[str]:
-    """Install every wheel of `wheels` (else, with pip_online, the missing packages from the index) into `site`
-    with --no-deps; returns what was installed."""
-    files = sorted(str(p) for p in wheels.glob('*.whl')) if wheels.is_dir() else []
-    if files:
-        targets = files
-        extra = ['--no-index']
-    elif pip_online:
-        from tools.gpu_check import WHEELS  # the pinned list, shared with --fetch_wheels (standard library only)
-
-        targets, extra = list(WHEELS), []
-    else:
-        return []
-    cmd = [sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade',
-           '--disable-pip-version-check', '--target', str(site), *extra, *targets]
-    with open(log, 'a') as out:
-        out.write('$ ' + ' '.join(cmd) + '\n')
-        out.flush()
-        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=300)
-    return [Path(t).name for t in targets]
-
-
 def part_setup(args: argparse.Namespace) -> bool:
-    """Record the environment; install what is missing; check that the project imports."""
+    """Record the environment; with --wheelhouse, install what is missing into --venv; check that the project
+    imports (in the venv when it was installed into)."""
+    from tools import wheelhouse
+
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     save_command(['nvidia-smi'], out / 'nvidia-smi.txt')
     save_command([sys.executable, '-m', 'pip', 'list', '--disable-pip-version-check'], out / 'pip-list.txt')
-    env = dict(os.environ)
-    before = probe(env)
+    before = probe(sys.executable)
     facts: dict[str, Any] = {**before['facts'], 'cpu_count': os.cpu_count(), 'executable': sys.executable}
     needed = sorted(before['missing']) or (['(project import)'] if before['project'] else [])
-    site = None
+    python, problems = sys.executable, []
     if needed:
-        installed = install(Path(args.wheels), Path(args.site), args.pip, out / 'install.log')
         facts['missing_before'] = ', '.join(needed)
-        facts['installed'] = ', '.join(installed) or 'nothing (no wheels in --wheels, no --pip)'
-        if installed:
-            site = str(Path(args.site).resolve())
-            env['PYTHONPATH'] = os.pathsep.join(filter(None, [site, env.get('PYTHONPATH')]))
-    after = probe(env) if needed else before
-    problems = [f'{k} ({v})' for k, v in after['missing'].items()]
+        if args.wheelhouse:
+            try:
+                python = str(wheelhouse.ensure_venv(Path(args.venv), sys.executable))
+                wheelhouse.install(python, Path(args.wheelhouse), Path(args.work), log=out / 'install.log')
+                facts['installed_into'] = python
+            except (wheelhouse.WheelhouseError, subprocess.CalledProcessError, OSError) as e:
+                problems.append(str(e))
+        else:
+            facts['installed'] = 'nothing: no --wheelhouse'
+    after = probe(python) if needed and not problems else before
+    problems += [f'{k} ({v})' for k, v in after['missing'].items()]
     if after['project']:
         problems.append(f'the project does not import: {after["project"]}')
     if not args.dry_run and not after['facts'].get('cuda_available'):
         problems.append('torch sees no CUDA device')
     detail = ('; '.join(problems) if problems else
               f'{facts.get("gpu", "no GPU")}, torch {facts.get("torch")}, CUDA {facts.get("cuda_runtime")}, '
-              f'Python {facts.get("python")}' + (f'; installed {len(facts["installed"].split(", "))} wheel(s)'
-                                                 if site else '; nothing to install'))
-    write_result(out, not problems, detail, site=site, **facts)
+              f'Python {facts.get("python")}' + (f'; installed from {args.wheelhouse} into {python}'
+                                                 if 'installed_into' in facts else '; nothing to install'))
+    write_result(out, not problems, detail, **facts)
     return not problems
 
 
@@ -205,7 +189,7 @@ def part_train(args: argparse.Namespace) -> bool:
 
     out, work = Path(args.dir), Path(args.work)
     data, runs = work / 'data', work / 'runs'
-    renders = (48, 16) if args.dry_run else (20000, 500)
+    renders = (48, 16) if args.dry_run else (4000, 384)  # a few seconds of rendering on a GPU node's cores
     render(data, *renders, workers=1 if args.dry_run else max(1, (os.cpu_count() or 2) - 2))
     config = train_config(out / 'config.yaml', data, runs, args.steps, args.dry_run)
     status = abinet_main.main(['--config', str(config)])
@@ -236,11 +220,14 @@ def part_train(args: argparse.Namespace) -> bool:
 # ----------------------------------------------------------------------------------------------- study
 
 
+STUDY_STARTUP_S = 35  # rendering 3,000 words, three runs' start-up and evaluations, t-SNE of 100 images
+
+
 def study_iters(seconds: float) -> int:
     """Steps per run that fit in `seconds`: ~0.3 s for the three runs' steps together (ABINet, ConCLR, ABINet at
     ConCLR's wall clock; the preset's unmeasured estimate for the half-width model at batch 256, with a margin)
-    after ~100 s of rendering, start-up, evaluations and t-SNE."""
-    return int(max(20, min(450, (seconds - 100) / 0.3)))
+    after STUDY_STARTUP_S of rendering, start-up, evaluations and t-SNE (unmeasured on a GPU: an estimate)."""
+    return int(max(10, min(450, (seconds - STUDY_STARTUP_S) / 0.3)))
 
 
 def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
@@ -259,7 +246,7 @@ def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
     if dry_run:
         experiment.update(tsne_images=0)  # scikit-learn's t-SNE is the dry run's slowest step
     else:
-        experiment.update(train_images=20000, test_images=1000, tsne_images=200,
+        experiment.update(train_images=3000, test_images=300, tsne_images=100,
                           render_workers=max(1, (os.cpu_count() or 2) - 2))
     steps = 4 if dry_run else study_iters(seconds)
     preset['config']['training']['max_iters'] = steps
@@ -295,9 +282,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--dir', required=True, help='where the part writes its outputs and result.json')
     p.add_argument('--work', required=True, help='scratch folder (data, runs); the driver deletes it')
     p.add_argument('--dry-run', action='store_true', help='tiny sizes on the CPU')
-    p.add_argument('--wheels', default=str(REPO_ROOT / '.whl'), help='setup: wheels to install when needed')
-    p.add_argument('--site', default=None, help='setup: the folder they are installed into (default WORK/site)')
-    p.add_argument('--pip', action='store_true', help='setup: install from the package index when no wheels')
+    p.add_argument('--wheelhouse', default=None, help='setup: install the requirements from this pip download '
+                   'folder (no index) when something is missing')
+    p.add_argument('--venv', default=str(REPO_ROOT / '.venv'), help='setup: the venv the wheelhouse installs into')
     p.add_argument('--steps', type=int, default=300, help='train: optimiser steps')
     p.add_argument('--seconds', type=float, default=150, help='study: the time it may take')
     return p.parse_args(argv)
@@ -308,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    args.site = args.site or str(Path(args.work) / 'site')
     if args.part == 'setup':
         return 0 if part_setup(args) else 1
     import support.fastai_compat  # noqa: F401  (before fastai)
