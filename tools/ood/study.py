@@ -135,9 +135,11 @@ class Study:
         self.train = train  # False: report only, from the finished runs
         self.superseded: dict[str, str] = {}  # run id of a run without a data digest -> its retrain's run id
         self.environment: dict[str, Any] | None = None  # report only: the environment of the runs' own report
+        self.order: list[str] = []  # report only: the run order of that report (a rewrite moves no run)
         old = output / 'results.json'
         if not train and old.is_file():
-            self.environment = json.loads(old.read_text(encoding='utf-8')).get('environment')
+            written = json.loads(old.read_text(encoding='utf-8'))
+            self.environment, self.order = written.get('environment'), list(written.get('runs', {}))
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
@@ -342,7 +344,8 @@ class Study:
                                                      for a in self.preset.arms.values()},
                 'vocab_size': self.vocab_size, 'sweep': {'sizes': self.sweep_rows, 'chosen': self.vocab_size,
                                                           'why': self.why},
-                'test_sets': sets, 'samples': samples, 'tables': tables, 'runs': self.records,
+                'test_sets': sets, 'samples': samples, 'tables': tables,
+                'runs': {i: self.records[i] for i in [*self.order, *self.records] if i in self.records},
                 'superseded': dict(self.superseded),
                 'test_digests': {i: r.get('test_digests') for i, r in self.records.items()},
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
