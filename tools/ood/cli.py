@@ -38,6 +38,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'within this many hours (going by the median finished run of the same arm or model; a run '
                         'with no such estimate only as the first); the others wait for the next invocation '
                         '(time-limited jobs)')
+    parser.add_argument('--report_only', action='store_true', help='train and render nothing: rewrite results.json '
+                        'and results.md from the finished runs of --output')
     return parser.parse_args(argv)
 
 
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
         if args.hours is not None and args.hours <= 0:
             raise ExperimentError(f'--hours must be positive, got {args.hours}')
-        run_study(preset, Path(args.output).resolve(), device, args.hours)
+        run_study(preset, Path(args.output).resolve(), device, args.hours, args.report_only)
     except (ExperimentError, ConfigError, DatasetError, CheckpointError, FileNotFoundError, yaml.YAMLError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

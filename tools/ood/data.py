@@ -149,14 +149,16 @@ def lmdb_digest(root: Path) -> str:
 def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """Vocabularies and LMDBs of one |V| under `folder` (reused when its manifest has the same settings):
     train, the SYNTHETIC_SETS and their `<set>_curve` prefixes. Returns the manifest (paths relative to `folder`);
-    its `digest` (of the training LMDB) tells runs rendered on different machines apart."""
+    its `digest` (of the training LMDB) tells runs rendered on different machines apart, and `test_digests` (of
+    each of the SYNTHETIC_SETS) the sets they were evaluated on."""
     manifest_path = folder / 'manifest.json'
     wanted = {'vocab_size': vocab_size, **{k: e[k] for k in DATA_KEYS}}
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get('settings') == wanted:
-            if 'digest' not in manifest:  # rendered before digests were kept
+            if 'digest' not in manifest or 'test_digests' not in manifest:  # rendered before digests were kept
                 manifest['digest'] = lmdb_digest(folder / 'train')
+                manifest['test_digests'] = {name: lmdb_digest(folder / name) for name in SYNTHETIC_SETS}
                 write_json_atomically(manifest_path, manifest)
             return manifest
     shutil.rmtree(folder, ignore_errors=True)
@@ -180,6 +182,7 @@ def build_data(e: dict[str, Any], vocab_size: int, folder: Path, say: Callable[[
         sets[f'{name}_curve'] = {'path': f'{name}_curve', 'images': e['curve_images'],
                                  'vocabulary': sets[name]['vocabulary']}
     manifest = {'settings': wanted, 'sets': sets, 'fonts': len(fonts), 'digest': lmdb_digest(folder / 'train'),
+                'test_digests': {name: lmdb_digest(folder / name) for name in SYNTHETIC_SETS},
                 'seconds': time.perf_counter() - start,
                 'alphabet': ''.join(sorted(set(''.join(vocabs['train'])))),
                 'length_histogram': {name: dict(sorted(Counter(map(len, words)).items()))

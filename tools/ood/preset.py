@@ -97,9 +97,23 @@ class Preset:
         """sha256 of the canonical JSON of `tree`."""
         return hashlib.sha256(json.dumps(self.tree, sort_keys=True).encode()).hexdigest()
 
+    def definition_fingerprint(self) -> str:
+        """sha256 of what defines each run (data, models, schedule), seed lists left out: see definition_fingerprint."""
+        return definition_fingerprint(self.tree)
+
     def arm_tree(self, arm: str) -> dict:
         """The project config of an arm before the study's own keys: `config` with the arm's section merged in."""
         return deep_merge(self.config, self.arms[arm].config)
+
+
+def definition_fingerprint(tree: dict[str, Any]) -> str:
+    """sha256 of a preset tree (Preset.tree, or a study.json) without the arms' seed lists: two presets with the same
+    one define the same run for every seed they share, so a study folder of one is reused by the other (its finished
+    runs kept, the new seeds planned)."""
+    arms = {name: {k: v for k, v in arm.items() if k != 'seeds'} for name, arm in tree.get('arms', {}).items()}
+    kept = {'experiment': tree.get('experiment'), 'config': tree.get('config'), 'steps': tree.get('steps'),
+            'arms': arms}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def deep_merge(base: dict, update: dict) -> dict:

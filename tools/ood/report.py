@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from scipy import stats
+
 from tools.ood.data import SET_LABELS, SYNTHETIC_SETS
 
 METRICS = ('cwr', 'ccr')
@@ -54,11 +56,27 @@ def stat(records: dict[int, dict[str, Any]], value: Any) -> dict[str, Any]:
     return {'mean': mean, 'sd': sd, 'values': values}
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided `level` interval of the mean, Student t with n - 1 degrees of freedom: mean ± t * sd / sqrt(n);
+    None with fewer than two values."""
+    values = [float(v) for v in values]
+    mean, sd = mean_spread(values)
+    if sd is None:
+        return None
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
 def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], value: Any) -> dict[str, Any]:
-    """Per-seed difference value(b) - value(a) over the seeds both have."""
+    """Per-seed difference value(b) - value(a) over the seeds both have, with its 95 % t interval and how many
+    seeds went up, down or neither."""
     values = {s: value(b[s]) - value(a[s]) for s in sorted(set(a) & set(b))}
-    mean, sd = mean_spread([v for v in values.values() if not math.isnan(v)])
-    return {'mean': mean, 'sd': sd, 'values': values}
+    finite = [v for v in values.values() if not math.isnan(v)]
+    mean, sd = mean_spread(finite)
+    interval = t_interval(finite)
+    return {'mean': mean, 'sd': sd, 'values': values, 'ci95': None if interval is None else list(interval),
+            'up': sum(v > 0 for v in finite), 'down': sum(v < 0 for v in finite),
+            'even': sum(v == 0 for v in finite)}
 
 
 def summarise(columns: dict[str, dict[int, dict[str, Any]]], sets: Sequence[str], baseline: str
@@ -120,7 +138,8 @@ def metric_table(table: dict[str, Any], labels: dict[str, str], sets: Sequence[s
 
 
 def ablation_table(table: dict[str, Any], labels: dict[str, str], baseline: str) -> list[str]:
-    """Per-seed differences from the baseline (cwr points, mean ± sd over the seeds both have)."""
+    """Per-seed differences from the baseline (cwr points, mean ± sd over the seeds both have), each with its
+    95 % t interval and the seeds that went up / down."""
     rows = ['iv', 'oov_words', 'oov_random', 'oov_chars']
     lines = [f'| arm − {labels[baseline]} (paired seeds) | seeds | ' + ' | '.join(
         f'{SET_LABELS[n]} cwr' for n in rows) + ' | gap IV − OOV-words | gap IV − OOV-random |',
@@ -131,8 +150,18 @@ def ablation_table(table: dict[str, Any], labels: dict[str, str], baseline: str)
             continue
         cells = [diff[n] for n in rows] + [diff['gap_oov_words'], diff['gap_oov_random']]
         lines.append(f'| {labels[arm]} | {len(diff["iv"]["values"])} | '
-                     + ' | '.join(fmt(c['mean'], c['sd'], signed=True) for c in cells) + ' |')
+                     + ' | '.join(_paired_cell(c) for c in cells) + ' |')
     return lines
+
+
+def _paired_cell(diff: dict[str, Any]) -> str:
+    text = fmt(diff['mean'], diff['sd'], signed=True)
+    interval = diff.get('ci95')
+    if interval is not None:
+        text += f' [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]'
+    if 'up' in diff:
+        text += f' {diff["up"]}↑ {diff["down"]}↓'
+    return text
 
 
 def sweep_table(sweep: dict[str, Any]) -> list[str]:
@@ -203,7 +232,10 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
             lines += metric_table(table, labels, result['test_sets'], metric, samples) + ['']
         if key == 'same_steps':
             lines += ['### Ablation: each arm minus the baseline, seed by seed', '']
-            lines += ablation_table(table, labels, result['experiment']['baseline']) + ['']
+            lines += ablation_table(table, labels, result['experiment']['baseline'])
+            lines += ['', 'Each cell: mean ± sd of the per-seed differences (points), its 95 % interval [t with n − 1 '
+                      'degrees of freedom: mean ± t(0.975, n − 1) · sd / √n; none with one seed], and how many seeds '
+                      'went up (↑) and down (↓).', '']
     return lines
 
 
@@ -228,12 +260,14 @@ def _wall(record: dict[str, Any]) -> str:
 
 def _runs_table(result: dict[str, Any]) -> list[str]:
     lines = ['## Runs', '', '| run | parameters | steps | training s | s/step | img/s | evaluation s | '
-             'main.train wall s | CPU cores busy | training data |', '|---|' + '---:|' * 8 + '---|']
+             'main.train wall s | CPU cores busy | training data | test sets |', '|---|' + '---:|' * 8 + '---|---|']
+    superseded = result.get('superseded', {})
     for run_id, r in result['runs'].items():
-        lines.append(f'| {run_id} | {r["parameters"]:,} | {r["steps"]} | {r["train_seconds"]:.1f} | '
+        name = f'{run_id} (superseded by {superseded[run_id]})' if run_id in superseded else run_id
+        lines.append(f'| {name} | {r["parameters"]:,} | {r["steps"]} | {r["train_seconds"]:.1f} | '
                      f'{r["seconds_per_step"]:.3f} | {r["images_per_second"]:.1f} | {r["test_seconds"]:.1f} | '
                      f'{_wall(r)} | {_busy(r)} | '
-                     f'{(r.get("data_digest") or "not recorded")[:12]} |')
+                     f'{(r.get("data_digest") or "not recorded")[:12]} | {_test_digests(r)} |')
     mixed = mixed_data(result['runs'])
     lines += ['', 'Training seconds are the sums of the training callback\'s timed windows (no evaluation, '
               'checkpoint saving or set-up); img/s counts original images (a ConCLR step also trains on two '
@@ -242,11 +276,24 @@ def _runs_table(result: dict[str, Any]) -> list[str]:
               'CPU cores busy = the training process\'s CPU seconds per second of its timed windows, of its '
               'torch threads: well below the thread count means other jobs shared the CPU and its seconds are '
               'inflated. Training data = sha256 of the training renders (label and image bytes), so runs made on '
-              'different machines can be checked to have seen the same images.']
+              'different machines can be checked to have seen the same images; test sets = the first 8 hex digits '
+              'of the sha256 of IV, OOV-words, OOV-random and OOV-unseen-characters (full digests in results.json).']
+    if superseded:
+        lines += ['', f'**Superseded: {", ".join(superseded)}** recorded no training-data digest (trained in an '
+                  'earlier design of the study), so it cannot be shown to have seen these renders: it is listed here '
+                  'but counted in no table of the ablation (the vocabulary sweep still shows it until its retrain, '
+                  f'{", ".join(superseded.values())}, has finished).']
     if mixed:
         lines += ['', f'**Warning: the runs of |V| = {", ".join(map(str, mixed))} trained on different renders** '
                   '(the machines rendering them had different fonts?): their comparison is confounded.']
     return lines
+
+
+def _test_digests(record: dict[str, Any]) -> str:
+    digests = record.get('test_digests')
+    if not digests:
+        return 'not recorded'
+    return ' '.join(digests[name][:8] for name in SYNTHETIC_SETS if name in digests)
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -42,16 +42,27 @@ class RunSpec:
     vocab_size: int
     tree: dict
     kind: str = 'steps'  # 'steps' (the same-steps comparison) or 'wall' (equal wall-clock baseline)
+    retrain: int = 0  # > 0: a retrain of a superseded run, in its own folder (the old one is kept)
 
     @property
     def run_id(self) -> str:
-        """Folder and checkpoint name: v<|V|>-<arm>[-wall]-s<seed>."""
-        return f'v{self.vocab_size}-{self.arm}{"-wall" if self.kind == "wall" else ""}-s{self.seed}'
+        """Folder and checkpoint name: v<|V|>-<arm>[-wall]-s<seed>[-r<retrain>]."""
+        tail = f'-r{self.retrain}' if self.retrain else ''
+        return f'v{self.vocab_size}-{self.arm}{"-wall" if self.kind == "wall" else ""}-s{self.seed}{tail}'
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data, as run.json stores it."""
-        return {'arm': self.arm, 'seed': self.seed, 'steps': self.steps, 'vocab_size': self.vocab_size,
-                'kind': self.kind, 'tree': self.tree}
+        """Plain data, as run.json stores it (`retrain` only when set, so older records still match)."""
+        out = {'arm': self.arm, 'seed': self.seed, 'steps': self.steps, 'vocab_size': self.vocab_size,
+               'kind': self.kind, 'tree': self.tree}
+        if self.retrain:
+            out['retrain'] = self.retrain
+        return out
+
+
+def superseded(record: dict[str, Any]) -> bool:
+    """Whether a finished run cannot be shown to have seen the study's data (no training-data digest): it stays in
+    the log and the report but is never counted in the statistics; a retrain takes its place."""
+    return not record.get('data_digest')
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class RunPlace:
     lexicon: frozenset[str]
     iters_per_epoch: int
     data_digest: str | None = None  # of the training LMDB (tools/ood/data.lmdb_digest)
+    test_digests: dict[str, str] | None = None  # {synthetic test set: lmdb_digest} (IV and the OOV sets)
 
 
 def save_period(steps: int, points: int, show_iters: int) -> int:
@@ -175,7 +187,7 @@ def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any
     parameters = sum(p.numel() for p in build_model(config).parameters())
     relative = place.output.resolve()
     return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': parameters,
-            'data_digest': place.data_digest,
+            'data_digest': place.data_digest, 'test_digests': place.test_digests,
             'config': os.path.relpath(config_path.resolve(), relative),
             'workdir': os.path.relpath(config.workdir.resolve(), relative),
             'checkpoint': os.path.relpath(saved[-1].resolve(), relative),

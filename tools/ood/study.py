@@ -11,6 +11,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,8 +19,8 @@ import torch
 
 from support.atomic_file import write_json_atomically, write_text_atomically
 from tools.ood import figures, report, runs, wall_clock
-from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, read_vocabulary
-from tools.ood.preset import ExperimentError, Preset
+from tools.ood.data import SYNTHETIC_SETS, build_data, find_benchmarks, lmdb_digest, read_vocabulary
+from tools.ood.preset import ExperimentError, Preset, definition_fingerprint
 from training.builders import build_model, is_conclr
 from utils import REPO_ROOT, Config, tune_malloc
 
@@ -46,9 +47,13 @@ def claim_folder(output: Path, preset: Preset) -> bool:
     marker = output / STUDY_FILE
     if marker.is_file():
         made = json.loads(marker.read_text(encoding='utf-8'))
-        if made.get('fingerprint') != preset.fingerprint():
+        if made.get('fingerprint') == preset.fingerprint():
+            return True
+        if definition_fingerprint(made) != preset.definition_fingerprint():
             raise ExperimentError(f'{output} holds a study of another preset ({made.get("preset")}, different '
                                   f'settings from {preset.path}): give a new --output')
+        # the same runs, other seed lists: finished runs are reused and the new seeds planned
+        write_json_atomically(marker, {'preset': preset.path, 'fingerprint': preset.fingerprint(), **preset.tree})
         return True
     if output.exists() and any(output.iterdir()):
         raise ExperimentError(f'{output} is not empty and holds no {STUDY_FILE}: give a new --output')
@@ -122,11 +127,19 @@ class Study:
     """The runs of one preset in one output folder, trained (or loaded from the cache) in a fixed order."""
 
     def __init__(self, preset: Preset, output: Path, device: torch.device, say: Callable[[str], None],
-                 benchmarks: list[Path], batch: int, deadline: float | None = None):
+                 benchmarks: list[Path], batch: int, deadline: float | None = None, train: bool = True):
         self.preset, self.e, self.output, self.device, self.say = preset, preset.experiment, output, device, say
         self.benchmarks, self.batch = benchmarks, batch
         self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
         self.trained = 0  # runs trained (not read back) by this invocation
+        self.train = train  # False: report only, from the finished runs
+        self.superseded: dict[str, str] = {}  # run id of a run without a data digest -> its retrain's run id
+        self.environment: dict[str, Any] | None = None  # report only: the environment of the runs' own report
+        self.order: list[str] = []  # report only: the run order of that report (a rewrite moves no run)
+        old = output / 'results.json'
+        if not train and old.is_file():
+            written = json.loads(old.read_text(encoding='utf-8'))
+            self.environment, self.order = written.get('environment'), list(written.get('runs', {}))
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
@@ -147,7 +160,8 @@ class Study:
                 self.output, folder / 'train', tuple(folder / f'{n}_curve' for n in SYNTHETIC_SETS),
                 tuple(folder / n for n in SYNTHETIC_SETS) + tuple(self.benchmarks),
                 tuple(b.name for b in self.benchmarks), frozenset(read_vocabulary(folder)),
-                self.e['train_images'] // self.batch, manifest['digest'])
+                self.e['train_images'] // self.batch, manifest['digest'],
+                manifest.get('test_digests') or {n: lmdb_digest(folder / n) for n in SYNTHETIC_SETS})
         return self.places[size]
 
     def fits(self, spec: runs.RunSpec) -> bool:
@@ -170,12 +184,24 @@ class Study:
                  'limit are left')
         return False
 
-    def run(self, spec: runs.RunSpec) -> dict[str, Any] | None:
-        """A finished run's cached record, or train it; None when it would not end before the deadline. The report
-        is rewritten after every run."""
+    def cached(self, spec: runs.RunSpec) -> tuple[runs.RunSpec, dict[str, Any] | None]:
+        """The spec that stands for `spec` and its finished record (or None): a finished run without a data digest
+        is kept in the records, marked superseded, and its retrain (run id ending -r1) stands for it."""
         record = runs.finished_run(self.output, spec)
+        if record is not None and runs.superseded(record) and not spec.retrain:
+            self.records[record['run_id']] = record
+            spec = replace(spec, retrain=1)
+            self.superseded[record['run_id']] = spec.run_id
+            record = runs.finished_run(self.output, spec)
+        return spec, record
+
+    def run(self, spec: runs.RunSpec) -> dict[str, Any] | None:
+        """A finished run's cached record, or train it; None when it would not end before the deadline (or only the
+        report is written). A superseded run is retrained under a new run id. The report is rewritten after every
+        run."""
+        spec, record = self.cached(spec)
         if record is None:
-            if not self.fits(spec):
+            if not self.train or not self.fits(spec):
                 return None
             self.trained += 1
             record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
@@ -192,7 +218,9 @@ class Study:
         """The baseline alone at every swept |V|; then |V| is chosen unless the preset gives it."""
         baseline = self.e['baseline']
         for size in self.e['sweep_vocab_sizes']:
-            records = {seed: self.run(self.spec(baseline, seed, size)) for seed in self.e['sweep_seeds']}
+            # until its retrain exists, a superseded run still shows in the sweep (it chose |V|; results.md says so)
+            records = {seed: self.run(self.spec(baseline, seed, size))
+                       or self.records.get(self.spec(baseline, seed, size).run_id) for seed in self.e['sweep_seeds']}
             if None in records.values():
                 continue
             self.sweep_rows[size] = {
@@ -228,14 +256,16 @@ class Study:
                 ref = self.run(self.spec(reference, seed, size))
                 if base is None or ref is None:
                     continue
-                self.run(self.spec(baseline, seed, size, self.wall_steps(base, ref), 'wall'))
+                steps = self.wall_steps(base, ref, measure=self.train)
+                if steps is not None:
+                    self.run(self.spec(baseline, seed, size, steps, 'wall'))
 
     def load_finished(self, size: int) -> None:
         """Read every finished run at `size` into the records up front, so the report written after each run counts
         the runs later in the order too (equal-wall-clock runs only once their step times are saved)."""
         for arm in self.preset.arms.values():
             for seed in arm.seeds:
-                record = runs.finished_run(self.output, self.spec(arm.name, seed, size))
+                _, record = self.cached(self.spec(arm.name, seed, size))
                 if record is not None:
                     self.records[record['run_id']] = record
         for seed in self.wall_seeds():
@@ -274,6 +304,8 @@ class Study:
         size = self.vocab_size if self.vocab_size is not None else '?'
         ids += [f'v{size}-{arm.name}-s{s}' for arm in self.preset.arms.values() for s in arm.seeds]
         ids += [f'v{size}-{self.e["baseline"]}-wall-s{s}' for s in self.wall_seeds()]
+        for _ in range(len(self.superseded) + 1):  # a superseded run's place goes to its retrain
+            ids = [self.superseded.get(i, i) for i in ids]
         return list(dict.fromkeys(ids))
 
     def columns(self, kind: str) -> dict[str, dict[int, dict[str, Any]]]:
@@ -282,7 +314,7 @@ class Study:
         found: dict[str, dict[int, dict[str, Any]]] = {}
         for record in self.records.values():
             spec = record['spec']
-            if spec['vocab_size'] == self.vocab_size:
+            if spec['vocab_size'] == self.vocab_size and not runs.superseded(record):
                 name = spec['arm'] + ('_wall' if spec['kind'] == 'wall' else '')
                 found.setdefault(name, {})[spec['seed']] = record
         steps = {a: found[a] for a in self.preset.arms if a in found}
@@ -312,10 +344,13 @@ class Study:
                                                      for a in self.preset.arms.values()},
                 'vocab_size': self.vocab_size, 'sweep': {'sizes': self.sweep_rows, 'chosen': self.vocab_size,
                                                           'why': self.why},
-                'test_sets': sets, 'samples': samples, 'tables': tables, 'runs': self.records,
+                'test_sets': sets, 'samples': samples, 'tables': tables,
+                'runs': {i: self.records[i] for i in [*self.order, *self.records] if i in self.records},
+                'superseded': dict(self.superseded),
+                'test_digests': {i: r.get('test_digests') for i, r in self.records.items()},
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
                 'wall_clock': wall_clock.saved_times(self.output),
-                'environment': environment(self.device),
+                'environment': self.environment or environment(self.device),
                 'run_seconds': sum(r['train_seconds'] + r['test_seconds'] for r in self.records.values())}
 
     def figures(self) -> dict[str, str]:
@@ -370,23 +405,29 @@ class Study:
         self.say(f't-SNE pair of seed {seed} in {time.perf_counter() - start:.1f} s')
 
 
-def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None) -> dict[str, Any]:
+def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None,
+              report_only: bool = False) -> dict[str, Any]:
     """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json.
-    With `hours`, only runs expected to end within that time are started; the others wait for the next call."""
+    With `hours`, only runs expected to end within that time are started; the others wait for the next call.
+    With `report_only`, nothing is trained or rendered: results.json and results.md from the finished runs."""
     deadline = time.monotonic() + 3600 * hours if hours is not None else None
     if preset.experiment['torch_threads']:
         torch.set_num_threads(preset.experiment['torch_threads'])
+    if report_only and not (output / STUDY_FILE).is_file():
+        raise ExperimentError(f'{output} holds no {STUDY_FILE}: nothing to report')
     batch = check_arms(preset, device)
     resumed = claim_folder(output, preset)
     say = Progress(output)
     bench_dir = Path(preset.experiment['benchmark_dir'] or REPO_ROOT.parent / 'shared' / 'benchmarks')
     benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []
-    say(f'{"resuming" if resumed else "starting"} the study of {preset.path} in {output} on {device}'
+    say(f'{"reporting" if report_only else "resuming" if resumed else "starting"} the study of {preset.path} in '
+        f'{output} on {device}'
         + ('' if benchmarks or not preset.experiment['benchmarks'] else f'; no benchmark LMDBs in {bench_dir}'))
-    study = Study(preset, output, device, say, benchmarks, batch, deadline)
+    study = Study(preset, output, device, say, benchmarks, batch, deadline, train=not report_only)
     study.sweep()
     study.ablation()
-    study.draw_tsne()
+    if not report_only:
+        study.draw_tsne()
     result = study.write()
     say(f'wrote {output / "results.md"} and {output / "results.json"}' + (
         f'; {len(result["missing"])} run(s) left for the next invocation' if result['missing'] else ''))

@@ -16,7 +16,7 @@ import yaml
 
 from support.checkpoint import PERIODIC, periodic_checkpoints, save_checkpoint
 from tools.ood import cli, figures, runs, wall_clock
-from tools.ood.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS
+from tools.ood.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS, lmdb_digest
 from tools.ood.preset import load_preset
 from tools.ood.study import Study
 from training import train
@@ -284,6 +284,18 @@ def test_a_real_run_resumed_from_a_periodic_checkpoint_keeps_the_whole_runs_reco
     (output / 'configs' / f'{spec.run_id}.yaml').unlink()
 
 
+def test_every_run_records_the_digests_of_its_data_and_test_sets_and_results_json_carries_them(study):
+    _, output, result = study
+    records = _records(output)
+    assert records and result['test_digests'] == {i: r['test_digests'] for i, r in result['runs'].items()}
+    for run_id, record in records.items():
+        folder = output / 'data' / f'v{record["spec"]["vocab_size"]}'
+        assert record['data_digest'] == lmdb_digest(folder / 'train')
+        assert record['test_digests'] == {n: lmdb_digest(folder / n) for n in SYNTHETIC_SETS}
+        assert result['runs'][run_id]['test_digests'] == record['test_digests']
+    assert not result['superseded']
+
+
 def test_a_folder_of_another_preset_is_refused(study, tmp_path, capsys):
     root, output, _ = study
     preset = yaml.safe_load((root / 'preset.yaml').read_text())
@@ -311,6 +323,7 @@ def _fake_record(spec, place, experiment, device):
              for i, n in enumerate(SYNTHETIC_SETS)}
     seconds = (1 + h % 7 + 2 * ('conclr' in spec.arm or 'conaug' in spec.arm)) * spec.steps / 10
     return {'spec': spec.as_dict(), 'run_id': spec.run_id, 'steps': spec.steps, 'parameters': 1000 + h,
+            'data_digest': place.data_digest, 'test_digests': place.test_digests,
             'config': f'configs/{spec.run_id}.yaml', 'workdir': f'runs/{spec.run_id}',
             'checkpoint': f'runs/{spec.run_id}/{spec.run_id}.pth',  # never written: a fake run saves no model
             'train_seconds': seconds, 'seconds_per_step': seconds / spec.steps, 'wall_seconds': seconds + 1,
@@ -520,3 +533,73 @@ def test_the_tsne_pair_waits_for_a_seed_with_both_checkpoints_here_and_is_drawn_
     assert cli.main(argv) == 0
     assert len(drawn) == 1
     assert json.loads((output / 'results.json').read_text())['figures'] == figures_drawn
+
+
+# ---------------------------------------------------------------- issue 39: superseded runs, more seeds
+
+
+def _run_bytes(output: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in (output / 'runs').glob('*/run.json')}
+
+
+def test_a_run_without_a_data_digest_is_listed_superseded_never_counted_and_retrained_apart(
+        fake_preset, tmp_path, monkeypatch):
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    old = output / 'runs' / 'v12-abinet-s0' / 'run.json'
+    record = json.loads(old.read_text())
+    del record['data_digest'], record['test_digests']  # as trained in an earlier design
+    old.write_text(json.dumps(record))
+    before = _run_bytes(output)
+
+    trained.clear()
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output), '--report_only']) == 0
+    assert trained == [] and _run_bytes(output) == before
+    result = json.loads((output / 'results.json').read_text())
+    assert result['superseded'] == {'v12-abinet-s0': 'v12-abinet-s0-r1'}
+    assert 'v12-abinet-s0' in result['runs'] and result['missing'] == ['v12-abinet-s0-r1']
+    table = result['tables']['same_steps']
+    assert table['abinet']['seeds'] == [1]
+    assert list(table['conaug']['minus_baseline']['iv']['values']) == ['1']  # json keys
+    text = (output / 'results.md').read_text()
+    assert 'v12-abinet-s0 (superseded by v12-abinet-s0-r1)' in text and '**Superseded: v12-abinet-s0**' in text
+
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert trained == ['v12-abinet-s0-r1']
+    assert old.read_bytes() == before['v12-abinet-s0']  # the old folder is kept as it was
+    result = json.loads((output / 'results.json').read_text())
+    assert result['complete'] and result['tables']['same_steps']['abinet']['seeds'] == [0, 1]
+    assert result['runs']['v12-abinet-s0-r1']['data_digest']
+
+
+def test_a_preset_that_only_adds_seeds_reuses_the_finished_folder_and_plans_the_new_runs(
+        fake_preset, tmp_path, monkeypatch, capsys):
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    before = _run_bytes(output)
+    preset = yaml.safe_load(fake_preset.read_text())
+    preset['arms']['abinet']['seeds'] = [0, 1, 2, 3]
+    preset['arms']['conaug']['seeds'] = [0, 1, 2, 3]
+    more = tmp_path / 'more.yaml'
+    more.write_text(yaml.safe_dump(preset))
+
+    trained.clear()
+    assert cli.main(['--preset', str(more), '--output', str(output), '--report_only']) == 0
+    assert trained == []
+    result = json.loads((output / 'results.json').read_text())
+    assert sorted(result['missing']) == ['v12-abinet-s2', 'v12-abinet-s3', 'v12-conaug-s2', 'v12-conaug-s3']
+    assert cli.main(['--preset', str(more), '--output', str(output)]) == 0
+    assert trained == ['v12-abinet-s2', 'v12-conaug-s2', 'v12-abinet-s3', 'v12-conaug-s3']
+    after = _run_bytes(output)
+    assert {k: after[k] for k in before} == before  # every finished run untouched
+    assert json.loads((output / 'results.json').read_text())['tables']['same_steps']['abinet']['seeds'] == [0, 1, 2, 3]
+
+    preset['config']['optimizer']['lr'] = 0.001  # a change of what defines a run is still refused
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(preset))
+    capsys.readouterr()
+    assert cli.main(['--preset', str(tmp_path / 'other.yaml'), '--output', str(output)]) == 2
+    assert 'another preset' in capsys.readouterr().err
+    assert runs.RunSpec('a', 0, 1, 1, {}).as_dict() == {'arm': 'a', 'seed': 0, 'steps': 1, 'vocab_size': 1,
+                                                        'kind': 'steps', 'tree': {}}
