@@ -29,11 +29,11 @@ from dataset import DatasetError
 from tools.create_lmdb_dataset import write_lmdb
 from tools.synth.corpus import Corpus, common_words
 from tools.synth.scene import SceneRenderer, SceneStyle
+from tools.synth.text_layer import line_extent, load_font
 from tools.synth.textures import TEXTURE_DIRS, colour_pairs, lmdb_images, load_textures, texture_files
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
-LINE_REFERENCE = 'Hdgjpqy'
 MIN_CONTRAST = 90  # minimum luminance difference (0..255) between text and background
 CHUNK = 256  # renders per work unit; each unit has its own seed, so output does not depend on --workers
 
@@ -115,17 +115,6 @@ def _find_fonts(extra_dirs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(fonts)
 
 
-@lru_cache(maxsize=512)
-def _load_font(font_path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(font_path, size)
-
-
-@lru_cache(maxsize=512)
-def _line_extent(font_path: str, size: int) -> tuple[int, int]:
-    """Top and bottom of a line with ascenders and descenders, relative to the drawing origin."""
-    _, top, _, bottom = _load_font(font_path, size).getbbox(LINE_REFERENCE)
-    return top, bottom
-
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -163,11 +152,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, l
 def render_word(text: str, font_path: str, rng: np.random.Generator, height: int = 32) -> np.ndarray:
     """Render `text` as an H x W x 3 uint8 RGB word image (W follows the text); deterministic for a given rng."""
     size = int(rng.integers(height, int(1.6 * height) + 1))
-    font = _load_font(font_path, size)
+    font = load_font(font_path, size)
     left, top, right, bottom = font.getbbox(text)
     # The line box spans ascenders and descenders whatever the word holds, so the text size stays comparable
     # across words; font metrics are not used because math fonts (STIX) report very tall lines.
-    ref_top, ref_bottom = _line_extent(font_path, size)
+    ref_top, ref_bottom = line_extent(font_path, size)
     line_top, line_bottom = min(top, ref_top), max(bottom, ref_bottom)
     line_h = line_bottom - line_top
     mx = int(round(rng.uniform(0.05, 0.4) * line_h))

@@ -18,11 +18,18 @@ def load_font(font_path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_path, size)
 
 
+@lru_cache(maxsize=1024)
+def line_extent(font_path: str, size: int) -> tuple[int, int]:
+    """Top and bottom of a line with ascenders and descenders, relative to the drawing origin."""
+    _, top, _, bottom = load_font(font_path, size).getbbox(LINE_REFERENCE)
+    return top, bottom
+
+
 def draw_text(text: str, font_path: str, size: int, spacing: float = 0.0) -> np.ndarray:
     """Float32 mask of `text` on its line box, 1 on ink; `spacing` adds that fraction of `size` between letters
     (negative tightens; 0 draws the string in one go, keeping the font's kerning)."""
     font = load_font(font_path, size)
-    _, ref_top, _, ref_bottom = font.getbbox(LINE_REFERENCE)
+    ref_top, ref_bottom = line_extent(font_path, size)
     left, top, right, bottom = font.getbbox(text)
     line_top, line_bottom = min(top, ref_top), max(bottom, ref_bottom)
     if spacing == 0.0:
