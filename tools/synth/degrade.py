@@ -46,11 +46,14 @@ def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> n
     return img + rng.normal(0.0, sigma, img.shape).astype(np.float32)
 
 
-def lighting(img: np.ndarray, strength: float, angle: float) -> np.ndarray:
-    """Multiply by a linear light ramp from 1 - strength to 1 + strength along `angle` degrees (uneven light)."""
-    h, w = img.shape[:2]
+def linear_ramp(h: int, w: int, angle: float) -> np.ndarray:
+    """An h x w float32 ramp from -1 to 1 along `angle` degrees."""
     a = np.deg2rad(angle)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = xs * np.cos(a) + ys * np.sin(a)
-    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6) * 2.0 - 1.0
-    return img * (1.0 + strength * ramp)[..., None]
+    return (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6) * 2.0 - 1.0
+
+
+def lighting(img: np.ndarray, strength: float, angle: float) -> np.ndarray:
+    """Multiply by a linear light ramp from 1 - strength to 1 + strength along `angle` degrees (uneven light)."""
+    return img * (1.0 + strength * linear_ramp(img.shape[0], img.shape[1], angle))[..., None]

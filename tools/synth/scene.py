@@ -106,7 +106,7 @@ class SceneRenderer:
         if not self._hit(rng, 'gradient'):
             return np.broadcast_to(colour, (h, w, 3)).astype(np.float32)
         other = np.clip(colour + rng.integers(-80, 81, 3), 0, 255).astype(np.float32)
-        ramp = degrade.lighting(np.ones((h, w, 1), np.float32), 1.0, rng.uniform(0, 360))[..., :1] / 2.0
+        ramp = ((1.0 + degrade.linear_ramp(h, w, rng.uniform(0, 360))) / 2.0)[..., None]
         return colour + ramp * (other - colour)
 
     def _text_mask(self, text: str, font_path: str, rng: np.random.Generator) -> np.ndarray:
