@@ -383,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         for split in ('train', 'test'):
             if (output / split).exists() and not args.overwrite:
                 raise ValueError(f'{output / split} already exists (pass --overwrite to replace it)')
+        scene, corpus = scene_setup(args) if args.style == 'scene' else (None, None)
         if args.vocab:
             if not os.path.isfile(args.vocab):
                 raise ValueError(f'vocabulary file not found: {args.vocab}')
             vocab = read_vocab(args.vocab)
             if not vocab:
                 raise ValueError(f'vocabulary file is empty: {args.vocab}')
+        elif corpus is not None:
+            vocab = corpus.words  # the scene corpus's words (written by --vocab_out); labels come from the corpus
         else:
             vocab_rng = np.random.default_rng([args.seed, 2])
             vocab = make_vocabulary(args.vocab_size, args.min_len, args.max_len, vocab_rng, args.vocab_kind)
@@ -398,7 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.vocab_out:
             Path(args.vocab_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.vocab_out).write_text(''.join(w + '\n' for w in vocab), encoding='utf-8')
-        scene, corpus = scene_setup(args) if args.style == 'scene' else (None, None)
         if corpus is not None:
             print(coverage_line(fonts, text_alphabet([*corpus.words, string.ascii_letters + string.digits]),
                                 'corpus alphabet'))
