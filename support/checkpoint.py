@@ -13,6 +13,7 @@ next epoch boundary with the iteration counter kept.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pickle
 import random
@@ -351,3 +352,12 @@ def choose_checkpoint(given: str | None, configured: str | None, best: Path) -> 
                             f'model.checkpoint {configured}')
     raise CheckpointError(f'no --checkpoint given and the run\'s best checkpoint {best} does not exist (train '
                           'first, or pass --checkpoint PATH)')
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (a released checkpoint's fingerprint, an export cache's key)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

@@ -28,6 +28,7 @@ from torch import nn
 
 from modules.decoding import pt_lengths
 from support.atomic_file import atomic_open, write_json_atomically
+from support.checkpoint import file_sha256
 from support.onnx_export import DEFAULT_OPSET, EXPORT_BATCH, INPUT_NAME, export_onnx
 from utils import REPO_ROOT, Config
 
@@ -61,15 +62,6 @@ def require_onnxruntime() -> Any:
         raise OnnxBackendError(f'--backend onnxruntime: onnxruntime is not installed ({_one_line(e)}); install it '
                                '(it is in requirements.txt) or use --backend pytorch') from None
     return onnxruntime
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_code_hash() -> str:

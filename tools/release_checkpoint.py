@@ -10,12 +10,10 @@ The release keeps `iteration` and `best_cwr` for the record; it loads with `weig
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from support.checkpoint import CheckpointError, load_checkpoint, model_state, write_atomically
+from support.checkpoint import CheckpointError, file_sha256, load_checkpoint, model_state, write_atomically
 
 KEPT = ('iteration', 'best_cwr')
 
@@ -23,15 +21,6 @@ KEPT = ('iteration', 'best_cwr')
 def release_state(state: dict) -> dict:
     """The release contents of a loaded checkpoint: {'model': weights, 'opt': None} plus the keys in KEPT."""
     return {'model': model_state(state), 'opt': None, **{k: state[k] for k in KEPT if k in state}}
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     path = write_atomically(args.output, state)
-    print(f'{path}\t{path.stat().st_size / 1e6:.2f} MB\tsha256 {sha256(path)}')
+    print(f'{path}\t{path.stat().st_size / 1e6:.2f} MB\tsha256 {file_sha256(path)}')
     return 0
 
 
