@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import random
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -14,10 +13,9 @@ import cv2.utils.logging as cv2_logging
 import lmdb
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from support.errors import one_line_error  # noqa: F401  (main.py's name for it)
-from support.stop_signal import ignore_stop_signals
+from runtime.distributed import process_rank
 from transforms import TrainAugment
 from utils import IMAGENET_MEAN, IMAGENET_STD, CharsetMapper, get_logger
 
@@ -377,47 +375,6 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         mode = 'train' if self.is_training else 'test'
         return f'{type(self).__name__}({self.path!r}, {mode}, {len(self)} samples)'
-
-
-def process_rank() -> int:
-    """The distributed rank torchrun gives this process (0 when not distributed)."""
-    return int(os.environ.get('RANK', 0))
-
-
-def limit_opencv_threads() -> None:
-    """One OpenCV thread in this process and in the DataLoader workers it forks (they inherit the setting).
-
-    OpenCV's own thread pool fights the training threads (and the other workers) for the cores of small machines.
-    Call it in the main process before creating worker processes: a forked worker must not call
-    cv2.setNumThreads itself, because reconfiguring a thread pool its parent had started hangs (the copied pool
-    waits in pthread_cond_destroy for threads that do not exist in the child).
-    """
-    cv2.setNumThreads(1)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed Python, NumPy and torch distinctly per worker and per rank (pair it with
-    `limit_opencv_threads` in the parent for one OpenCV thread per worker).
-
-    torch gives worker k the seed base_seed + k, with base_seed drawn in the main process: processes of a
-    distributed run that share a seed draw the same base_seed, so the rank is mixed in here. The worker also leaves
-    SIGINT / SIGTERM to the main process (stop_signal.ignore_stop_signals), which then stops training cleanly.
-    """
-    seq = np.random.SeedSequence([torch.initial_seed(), process_rank(), worker_id])
-    low, high = (int(v) for v in seq.generate_state(2, np.uint32))
-    seed = (high << 32 | low) & (2**63 - 1)
-    random.seed(seed)
-    np.random.seed(low)
-    torch.manual_seed(seed)
-    ignore_stop_signals()
-
-
-def shutdown_workers(loader: DataLoader) -> None:
-    """Stop a DataLoader's persistent worker processes now; otherwise they live as long as the loader object."""
-    iterator = getattr(loader, '_iterator', None)  # torch keeps the persistent workers' iterator here
-    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def dataset_kwargs(config: Any, is_training: bool) -> dict[str, Any]:

@@ -18,14 +18,15 @@ import cv2
 import numpy as np
 import torch
 
+from configuration import Config, ConfigError
 from dataset import decode_image, resize_keep_ratio, to_normalized_tensor
+from inference.loading import InferenceError, load_inference_model, select_device
+from inference.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError, OrtVision, onnx_model
+from inference.pictures import attention_maps, attention_picture, save_rgb
 from modules.decoding import decode_logits
 from modules.model_vision import BaseVision
-from support.checkpoint import CheckpointError, choose_checkpoint
-from support.inference import InferenceError, load_inference_model, select_device
-from support.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError, OrtVision, onnx_model
-from support.pictures import attention_maps, attention_picture, save_rgb
-from utils import CharsetMapper, Config, ConfigError, tune_malloc
+from runtime.checkpoint import CheckpointError, choose_checkpoint
+from utils import CharsetMapper, tune_malloc
 
 MODEL_EVALS = ('alignment', 'vision')
 BATCH_SIZE = 64

@@ -1,16 +1,16 @@
 """Train or evaluate ABINet-Vision / ConCLR-Vision with fastai 1.0.60 (ABINet's command line).
 
 `python main.py --config ...` runs one process per visible GPU (one on the CPU), or `training.processes`: with
-more than one it starts them itself through torch's elastic launcher (support/launcher.py), so they run exactly as under
+more than one it starts them itself through torch's elastic launcher (runtime/launcher.py), so they run exactly as under
 `torchrun --nproc_per_node=N main.py --config ...`. Several machines: torchrun with --nnodes and a rendezvous; see
-support/distributed.py.
+runtime/distributed.py.
 """
 
 from __future__ import annotations
 
-from support.quiet_start import ignore_stop_signals_at_exit  # first: Ctrl-C during the slow imports ends in one line
+from runtime.quiet_start import ignore_stop_signals_at_exit  # first: Ctrl-C during the slow imports ends in one line
 
-import support.fastai_compat  # noqa: F401  (must come before fastai)
+import runtime.fastai_compat  # noqa: F401  (must come before fastai)
 
 import argparse
 import os
@@ -20,17 +20,25 @@ from pathlib import Path
 import torch
 
 from callbacks.nonfinite import NonFiniteLossError
-from dataset import DatasetError, one_line_error, process_rank
-from support.checkpoint import CheckpointError
-from support.distributed import cleanup_distributed, is_distributed, launched_by_torchrun, setup_distributed
-from support.launcher import launch, process_count, report_error
-from support.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError
-from support.stop_signal import Interrupted, StopSignal, resume_command, signal_name
+from configuration import Config, ConfigError
+from dataset import DatasetError
+from inference.onnx_backend import BACKENDS, QUANTIZE, OnnxBackendError
+from runtime.checkpoint import CheckpointError
+from runtime.distributed import (
+    cleanup_distributed,
+    is_distributed,
+    launched_by_torchrun,
+    process_rank,
+    setup_distributed,
+)
+from runtime.errors import one_line_error
+from runtime.launcher import launch, process_count, report_error
+from runtime.stop_signal import Interrupted, StopSignal, resume_command, signal_name
 from training.builders import build_learner, build_model, is_conclr
 from training.testing import checkpoint_to_test, test
 from training.train import train
 from training.validate import validate_config
-from utils import Config, ConfigError, check_writable, tune_malloc
+from utils import check_writable, tune_malloc
 
 # ABINet's names, for code that drives training from Python (`import main; main.train(config, device)`).
 __all__ = ['build_learner', 'build_model', 'is_conclr', 'main', 'parse_args', 'test', 'train']

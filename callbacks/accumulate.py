@@ -21,8 +21,8 @@ from fastai.basic_train import Learner, LearnerCallback
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from support.distributed import is_distributed, sum_tensor_across_ranks
-from utils import ConfigError
+from configuration import ConfigError
+from runtime.distributed import is_distributed, sum_tensor_across_ranks
 
 
 def step_ends(iteration: int, accumulate: int) -> bool:

@@ -19,7 +19,7 @@ import torch
 from fastai.basic_train import Learner, LearnerCallback
 
 from callbacks.accumulate import step_ends
-from utils import ConfigError
+from configuration import ConfigError
 
 AMP_MODES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 _OFF = {None, False, 'off', 'no', 'none', 'fp32', 'float32'}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastai.callback import Callback
 
-from support.pictures import denormalize
+from inference.pictures import denormalize
 
 SIDES = ('fixed', 'batch', 'sample')
 

@@ -1,6 +1,6 @@
 """DistributedTrainer: the fastai side of a distributed run (DDP wrapping, the sampler's epoch, buffer sync).
 
-The process-group plumbing (setup, collectives, samplers) is support/distributed.py.
+The process-group plumbing (setup, collectives, samplers) is runtime/distributed.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastai.basic_train import Learner, LearnerCallback
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from support.distributed import DistEnv, ResumableDistributedSampler, broadcast_buffers
+from runtime.distributed import DistEnv, ResumableDistributedSampler, broadcast_buffers
 
 
 class DistributedTrainer(LearnerCallback):

@@ -18,10 +18,10 @@ import torch
 from fastai.basic_train import Learner, LearnerCallback
 
 from callbacks.accumulate import step_ends
-from support.checkpoint import save_checkpoint
-from support.distributed import sum_tensor_across_ranks
-from support.errors import one_line_error
-from support.stop_signal import StopSignal, signal_name
+from runtime.checkpoint import save_checkpoint
+from runtime.distributed import sum_tensor_across_ranks
+from runtime.errors import one_line_error
+from runtime.stop_signal import StopSignal, signal_name
 
 KEEP_LAST = 5
 

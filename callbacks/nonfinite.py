@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from fastai.basic_train import Learner, LearnerCallback
 
-from support.distributed import all_true
+from runtime.distributed import all_true
 
 
 class NonFiniteLossError(RuntimeError):

@@ -9,9 +9,9 @@ from torch import nn
 
 from modules.encoder_layer import EncoderLayer
 from modules.fast_dropout import FastDropout
+from modules.memory_format import dense_like
 from modules.positional_encoding import PositionalEncoding
 from modules.resnet import ResNet45
-from support.memory_format import dense_like
 
 
 class ResTransformer(nn.Module):

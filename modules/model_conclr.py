@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
+from configuration import Config
 from modules.model_vision import BaseVision
 from modules.projection_head import ProjectionHead
-from utils import Config
 
 VIEWS = 3  # the original batch and two ConAug views
 

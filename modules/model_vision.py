@@ -7,12 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from configuration import Config
 from modules.attention import Attention, PositionAttention
 from modules.backbone import ResTransformer
 from modules.decoding import pt_lengths
+from modules.memory_format import dense_like
 from modules.resnet import ResNet45
-from support.memory_format import dense_like
-from utils import CharsetMapper, Config
+from utils import CharsetMapper
 
 
 def _feature_size(config: Config) -> tuple[int, int]:

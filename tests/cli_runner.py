@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from utils import REPO_ROOT
+from configuration import REPO_ROOT
 
 PRELOAD = ['main', 'demo', 'tools.export_onnx', 'tools.create_lmdb_dataset', 'tests.helpers']
 _context = multiprocessing.get_context('forkserver')

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import yaml
 
-from tools.create_lmdb_dataset import write_lmdb
-from tools.render_synthetic import find_fonts, render_word
-from utils import REPO_ROOT
+from configuration import REPO_ROOT
+from tools.lmdb_writer import write_lmdb
+from tools.synth.fonts import find_fonts
+from tools.synth.plain import render_word
 
 BENCHMARKS = REPO_ROOT.parent / 'shared' / 'benchmarks'
 # A config in the ConCLR reproduction's layout (its own keys beside ABINet's), written for the tests.

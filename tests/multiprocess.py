@@ -9,7 +9,7 @@ instead of blocking the suite. `run_killable` does the same for one command (e.g
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401  (the target modules import fastai)
+import runtime.fastai_compat  # noqa: F401  (the target modules import fastai)
 
 import datetime
 import importlib
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from utils import REPO_ROOT
+from configuration import REPO_ROOT
 
 GROUP_TIMEOUT_S = 30  # a collective waiting longer than this raises in the worker (gloo's default is 30 min)
 

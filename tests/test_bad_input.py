@@ -30,13 +30,14 @@ import torch
 import yaml
 
 import main
-from support.checkpoint import load_checkpoint
-from support.run_lock import LOCK_NAME
+from configuration import REPO_ROOT, Config
+from runtime.checkpoint import load_checkpoint
+from runtime.run_lock import LOCK_NAME
 from tests.cli_runner import Finished, Run, run
 from tests.helpers import TINY_VISION, free_port, render_lmdb
-from tools.create_lmdb_dataset import write_lmdb
-from tools.render_synthetic import find_fonts, render_word
-from utils import REPO_ROOT, Config
+from tools.lmdb_writer import write_lmdb
+from tools.synth.fonts import find_fonts
+from tools.synth.plain import render_word
 
 GROWING_LOGS = ('train.txt', 'test.txt')  # append-only: their earlier content must stay a prefix
 
@@ -197,7 +198,7 @@ SAVE_THEN_HANG = '''
 import signal, sys
 from pathlib import Path
 import torch
-import support.checkpoint as checkpoint
+import runtime.checkpoint as checkpoint
 
 def half_written(obj, f, *args, **kwargs):
     f.write(b'PK\\x03\\x04 the first bytes of a checkpoint')

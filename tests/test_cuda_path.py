@@ -21,10 +21,11 @@ import callbacks.conaug as conaug_module
 import main
 from callbacks.conaug import ConAugPretransform, conaug, draw_conaug_params
 from callbacks.iteration import IterationCallback
+from configuration import REPO_ROOT, Config
 from losses.contrastive import contrastive_loss
-from support.checkpoint import load_checkpoint, load_weights
+from runtime.checkpoint import load_checkpoint, load_weights
 from tests.helpers import TINY_VISION, render_lmdb, write_config
-from utils import REPO_ROOT, CharsetMapper, Config
+from utils import CharsetMapper
 
 pytestmark = pytest.mark.cuda
 
@@ -186,7 +187,7 @@ def test_conaug_on_the_device_equals_the_cpu():
 
 @pytest.mark.parametrize('include_eos', [False, True])
 def test_contrastive_loss_on_the_device_equals_the_cpu(include_eos):
-    from tools.benchmark import contrastive_inputs
+    from tools.benchmark.checks import contrastive_inputs
 
     inputs = contrastive_inputs(32, 26, 64, 37, torch.device('cpu'), seed=4)
     dev_inputs = [t.detach().to(DEVICE).requires_grad_(t.requires_grad) for t in inputs]

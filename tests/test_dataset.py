@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from configuration import REPO_ROOT, Config
 from dataset import (
     DatasetError,
     DatasetNotFoundError,
@@ -18,12 +19,12 @@ from dataset import (
     decode_image,
     get_dataset,
     named_test_sets,
-    one_line_error,
-    seed_worker,
 )
-from tools.create_lmdb_dataset import write_lmdb
+from runtime.errors import one_line_error
+from tools.lmdb_writer import write_lmdb
+from training.loaders import seed_worker
 from training.train import replaced_summary
-from utils import REPO_ROOT, CharsetMapper, Config
+from utils import CharsetMapper
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'benchmarks'
 MEAN = np.array([0.485, 0.456, 0.406])

@@ -12,11 +12,11 @@ import torch
 import yaml
 
 import demo
+from configuration import Config
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
-from support.checkpoint import save_checkpoint
+from runtime.checkpoint import save_checkpoint
 from tests.helpers import randomise
-from utils import Config
 
 REPO = Path(__file__).resolve().parents[1]
 CHARSET = REPO / 'data' / 'charset_36.txt'
@@ -25,7 +25,7 @@ VISION = {'resnet_widths': [4, 8, 8, 16, 16], 'resnet_layers': [1, 1, 1, 1, 1], 
           'd_inner': 32, 'backbone_ln': 1, 'attention_channels': 8}
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-CAPTION, SCALE = 18, 2  # support.pictures.attention_picture's caption band and magnification
+CAPTION, SCALE = 18, 2  # inference.pictures.attention_picture's caption band and magnification
 
 
 def write_config(tmp_path: Path, conclr: bool = False, name: str = 'tiny') -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from utils import REPO_ROOT
+from configuration import REPO_ROOT
 
 DOCS = [REPO_ROOT / 'README.md', *sorted((REPO_ROOT / 'docs').glob('*.md'))]
 LINK = re.compile(r'(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)')

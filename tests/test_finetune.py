@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 import main
+from configuration import Config
 from modules.model_vision import BaseVision
-from support.checkpoint import load_checkpoint, save_checkpoint
+from runtime.checkpoint import load_checkpoint, save_checkpoint
 from tests.helpers import WORDS, randomise, tiny_config
 from tools import create_lmdb_dataset
-from tools.render_synthetic import find_fonts, render_word
-from utils import Config
+from tools.synth.fonts import find_fonts
+from tools.synth.plain import render_word
 
 LR = 1e-3
 

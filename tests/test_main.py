@@ -21,11 +21,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import main
 import training.train
+from configuration import REPO_ROOT, Config, load_yaml
 from dataset import open_lmdb
-from support.checkpoint import load_checkpoint
-from support.stop_signal import Interrupted, StopSignal
+from runtime.checkpoint import load_checkpoint
+from runtime.stop_signal import Interrupted, StopSignal
 from tests.helpers import BENCHMARKS, REPRODUCTION_CONFIG, TINY_VISION, render_lmdb, tiny_config
-from utils import REPO_ROOT, Config, load_yaml
 
 
 @pytest.fixture(scope='module')

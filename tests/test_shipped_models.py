@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from configuration import REPO_ROOT, Config
 from dataset import to_normalized_tensor
 from demo import load_inference_model, resized
 from modules.decoding import decode_logits
-from support.checkpoint import load_checkpoint
-from tools.render_synthetic import find_fonts, render_word
-from utils import REPO_ROOT, CharsetMapper, Config
+from runtime.checkpoint import load_checkpoint
+from tools.synth.fonts import find_fonts
+from tools.synth.plain import render_word
+from utils import CharsetMapper
 
 SHIPPED = ('abinet_vision_quarter', 'conclr_vision_quarter')
 MAX_BYTES = 6_000_000

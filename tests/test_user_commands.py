@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from support.checkpoint import load_checkpoint
+from runtime.checkpoint import load_checkpoint
 from tests.cli_runner import run
 from tests.helpers import TINY_VISION, render_lmdb
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from configuration import REPO_ROOT, Config, ConfigError
 from tests.helpers import write_config
-from utils import REPO_ROOT, CharsetMapper, Config, ConfigError, WorkdirError, check_writable, setup_logger
+from utils import CharsetMapper, WorkdirError, check_writable, setup_logger
 
 
 def test_defaults_are_the_official_ones_and_joined_keys_work():
@@ -91,7 +92,7 @@ def test_setting_and_reading_unknown_attributes_fail():
 
 
 def test_every_shipped_config_loads():
-    # experiment_*.yaml are presets of tools/ood (tested there), not project configs.
+    # experiment_*.yaml are presets of experiments/oov_study (tested there), not project configs.
     paths = [p for p in sorted((REPO_ROOT / 'configs').glob('*.yaml')) if not p.name.startswith('experiment_')]
     assert len(paths) >= 5
     for path in paths:

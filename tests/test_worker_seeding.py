@@ -9,10 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset import ImageDataset, limit_opencv_threads, seed_worker
+from configuration import resolve_path
+from dataset import ImageDataset
 from tests.helpers import render_lmdb
+from training.loaders import limit_opencv_threads, seed_worker
 from transforms import TrainAugment
-from utils import CharsetMapper, resolve_path
+from utils import CharsetMapper
 
 
 class _Probe(Dataset):

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import yaml
 
-from support.checkpoint import CheckpointError, load_checkpoint
-from utils import ConfigError, load_yaml
+from configuration import ConfigError, load_yaml
+from runtime.checkpoint import CheckpointError, load_checkpoint
 
 
 def continue_config(config: dict, milestone: str, iteration: int, warmup_iters: int) -> dict:

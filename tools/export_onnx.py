@@ -5,7 +5,7 @@
 
 Input `images` (N x 3 x H x W, ImageNet-normalised RGB); outputs `logits` (N x T x C), `attn_scores`
 (N x T x H/4 x W/4) and `pt_lengths` (N, int64). A ConCLR checkpoint loads with its projection head dropped.
-The export itself lives in support/onnx_export.py (demo.py and the test phase export through it too).
+The export itself lives in inference/onnx_export.py (demo.py and the test phase export through it too).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from support.checkpoint import CheckpointError
-from support.inference import InferenceError, load_inference_model
-from support.onnx_export import EXPORT_BATCH, INPUT_NAME, OUTPUT_NAMES, OnnxVision, export_onnx
-from utils import Config, ConfigError
+from configuration import Config, ConfigError
+from inference.loading import InferenceError, load_inference_model
+from inference.onnx_export import EXPORT_BATCH, INPUT_NAME, OUTPUT_NAMES, OnnxVision, export_onnx
+from runtime.checkpoint import CheckpointError
 
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
 # --check fails when an output's max abs difference exceeds this fraction of that output's largest PyTorch value

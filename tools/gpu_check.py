@@ -7,7 +7,7 @@
 Parts, in order: setup (environment; with --wheelhouse, installs what is missing, tools/wheelhouse.py),
 cuda_tests (pytest -m cuda), benchmark (tools/benchmark.py's GPU rows at full size, at the largest batch up to 384
 that the memory estimate says fits), train (a short full-size bf16 run of main.py on rendered data, with its loss
-curve) and study (tools/ood with the gpu preset, cut to the time left; only when time is left).
+curve) and study (experiments/oov_study with the gpu preset, cut to the time left; only when time is left).
 Everything lands in log/gpu/<card name>/: one folder per part with its output.log, and summary.md (plus
 summary.json), rewritten after every part, so it says which part failed or ran out of time and why even when a
 later one is cut off. This driver uses the standard library only: the parts run as child processes (killed with

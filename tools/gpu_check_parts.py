@@ -46,7 +46,7 @@ try:
 except Exception as e:
     facts['torch_error'] = f'{type(e).__name__}: {e}'[:200]
 try:
-    import support.fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
+    import runtime.fastai_compat, main  # the whole project import chain (fastai, pkg_resources.require, ...)
     project = None
 except Exception as e:
     project = f'{type(e).__name__}: {e}'[:300]
@@ -129,10 +129,9 @@ def part_setup(args: argparse.Namespace) -> bool:
 
 def render(folder: Path, num_train: int, num_test: int, workers: int) -> None:
     """Synthetic train / test LMDBs (tools/render_synthetic.py)."""
-    from tools import render_synthetic
-
-    status = render_synthetic.main(['--output', str(folder), '--num_train', str(num_train), '--num_test',
-                                    str(num_test), '--workers', str(workers), '--vocab_size', '3000', '--seed', '0'])
+    status = subprocess.run([sys.executable, '-m', 'tools.render_synthetic', '--output', str(folder), '--num_train',
+                             str(num_train), '--num_test', str(num_test), '--workers', str(workers),
+                             '--vocab_size', '3000', '--seed', '0'], cwd=REPO_ROOT).returncode
     if status:
         raise RuntimeError(f'render_synthetic exited with {status}')
 
@@ -185,14 +184,12 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
 
 def part_train(args: argparse.Namespace) -> bool:
     """Render data, train with main.py for --steps steps, keep the log and plot the loss curve."""
-    import main as abinet_main
-
     out, work = Path(args.dir), Path(args.work)
     data, runs = work / 'data', work / 'runs'
     renders = (48, 16) if args.dry_run else (4000, 384)  # a few seconds of rendering on a GPU node's cores
     render(data, *renders, workers=1 if args.dry_run else max(1, (os.cpu_count() or 2) - 2))
     config = train_config(out / 'config.yaml', data, runs, args.steps, args.dry_run)
-    status = abinet_main.main(['--config', str(config)])
+    status = subprocess.run([sys.executable, 'main.py', '--config', str(config)], cwd=REPO_ROOT).returncode
     run_dir = runs / 'gpu_train'
     for pattern in ('train.txt', 'events.out.tfevents.*'):
         for path in run_dir.glob(pattern):
@@ -231,11 +228,11 @@ def study_iters(seconds: float) -> int:
 
 
 def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
-    """configs/experiment_gpu.yaml (experiment_tiny.yaml for the dry run) cut to one seed and fewer renders;
+    """experiments/oov_study/configs/gpu.yaml (tiny.yaml for the dry run) cut to one seed and fewer renders;
     (the cut preset written to `path`, steps per run)."""
     import yaml
 
-    source = REPO_ROOT / 'configs' / ('experiment_tiny.yaml' if dry_run else 'experiment_gpu.yaml')
+    source = REPO_ROOT / 'experiments' / 'oov_study' / 'configs' / ('tiny.yaml' if dry_run else 'gpu.yaml')
     preset = yaml.safe_load(source.read_text())
     experiment = preset['experiment']
     # no sweep, one seed, the baseline and the reference arm only: three runs (the two, and the equal wall-clock one)
@@ -257,13 +254,12 @@ def cut_preset(path: Path, dry_run: bool, seconds: float) -> tuple[Path, int]:
 
 
 def part_study(args: argparse.Namespace) -> bool:
-    """The out-of-vocabulary study (tools/ood) on the cut preset; the report, curves and logs are kept, the data
-    is not."""
-    from tools.ood import cli
-
+    """The out-of-vocabulary study (experiments/oov_study) on the cut preset; the report, curves and logs
+    are kept, the data is not."""
     out, work = Path(args.dir), Path(args.work)
     preset, steps = cut_preset(out / 'preset.yaml', args.dry_run, args.seconds)
-    status = cli.main(['--preset', str(preset), '--output', str(work / 'study')])
+    status = subprocess.run([sys.executable, '-m', 'experiments.oov_study', '--preset', str(preset),
+                             '--output', str(work / 'study')], cwd=REPO_ROOT).returncode
     for path in (work / 'study').rglob('*'):
         relative = path.relative_to(work / 'study')
         if path.is_file() and path.suffix in ('.md', '.json', '.png', '.txt', '.yaml') and 'data' not in relative.parts:
@@ -271,7 +267,7 @@ def part_study(args: argparse.Namespace) -> bool:
             shutil.copy(path, out / relative)
     ok = status == 0 and (out / 'results.md').is_file()
     write_result(out, ok, f'{steps} steps per run, one seed; results.md' if ok else
-                 f'tools.ood exited with {status}', steps=steps)
+                 f'experiments.oov_study exited with {status}', steps=steps)
     return ok
 
 
@@ -297,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.part == 'setup':
         return 0 if part_setup(args) else 1
-    import support.fastai_compat  # noqa: F401  (before fastai)
+    import runtime.fastai_compat  # noqa: F401  (before fastai)
 
     return 0 if {'train': part_train, 'study': part_study}[args.part](args) else 1
 

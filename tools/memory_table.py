@@ -1,5 +1,5 @@
 """The recipe table of docs/distributed.md: processes, batch per process, accumulation and amp for each shipped GPU
-recipe on common GPU set-ups, from the memory estimate training itself checks (support/memory_estimate.py).
+recipe on common GPU set-ups, from the memory estimate training itself checks (training/memory_estimate.py).
 
     python -m tools.memory_table [--device cpu]
 
@@ -10,16 +10,16 @@ numbers hold for a GPU to within what cuDNN keeps beside them); each GPU's usabl
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401  (before fastai, which training.builders imports)
+import runtime.fastai_compat  # noqa: F401  (before fastai, which training.builders imports)
 
 import argparse
 from dataclasses import dataclass
 
 import torch
 
-from support.memory_estimate import GIB, MemoryEstimate, fitting_accumulation, measure
+from configuration import REPO_ROOT, Config
 from training.builders import build_model, is_conclr
-from utils import REPO_ROOT, Config
+from training.memory_estimate import GIB, MemoryEstimate, fitting_accumulation, measure
 
 RECIPES = ('pretrain_vision_model.yaml', 'conclr_pretrain_vision_model.yaml')
 CONTEXT_GIB = 1.0

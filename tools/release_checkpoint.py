@@ -1,7 +1,7 @@
 """Turn a training checkpoint into a small release file: the model weights only (no optimiser state, no RNG state),
 written atomically, with its size and sha256 printed for the README.
 
-    python -m tools.release_checkpoint --checkpoint log/shipped/x/x_2_6000.pth --output checkpoints/x.pth
+    python -m tools.release_checkpoint --checkpoint workdir/x/x_2_6000.pth --output checkpoints/x.pth
 
 The release keeps `iteration` and `best_cwr` for the record; it loads with `weights_only=True` like any checkpoint
 (`--checkpoint` of main.py and demo.py, or `model.checkpoint`).
@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from support.checkpoint import CheckpointError, file_sha256, load_checkpoint, model_state, write_atomically
+from runtime.checkpoint import CheckpointError, file_sha256, load_checkpoint, model_state, write_atomically
 
 KEPT = ('iteration', 'best_cwr')
 

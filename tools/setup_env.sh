@@ -11,7 +11,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" && "${1:-}" == "--wheelhouse" ]]; then
   cd "$(dirname "$0")/.."
 fi
 if [ -n "${WHEELHOUSE:-}" ]; then
-  python3 -m tools.wheelhouse "$WHEELHOUSE" --venv .venv
+  python3 -m tools.install_wheelhouse "$WHEELHOUSE" --venv .venv
 else
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

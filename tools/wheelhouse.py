@@ -1,4 +1,4 @@
-"""Install the project's requirements from a wheelhouse folder, with no network (offline GPU nodes and clusters).
+"""Installing the project's requirements from a wheelhouse folder, with no network (offline GPU nodes and clusters).
 
 Made beforehand on a machine with a package index (docs/reference.md#installation-without-network):
 
@@ -7,7 +7,7 @@ Made beforehand on a machine with a package index (docs/reference.md#installatio
 then, on the offline machine, `WHEELHOUSE=DIR bash tools/setup_env.sh`, `bash tools/gpu_check.sh --wheelhouse DIR`
 or directly:
 
-    python3 -m tools.wheelhouse DIR [--venv .venv]
+    python3 -m tools.install_wheelhouse DIR [--venv .venv]
 
 which runs `pip install --no-index --find-links DIR -r requirements.txt -c requirements-lock.txt` in the venv
 (created with --system-site-packages when missing, so the machine's own torch stays visible). When the venv's torch
@@ -18,11 +18,8 @@ library only: it runs before anything of the project is installed.
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -143,24 +140,3 @@ def ensure_venv(venv: Path, base_python: str) -> Path:
     if not python.exists():
         subprocess.run([base_python, '-m', 'venv', '--system-site-packages', str(venv)], check=True)
     return python
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: install into --venv from the wheelhouse; one line on stderr and status 1 when it fails."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('wheelhouse', help='folder made with pip download (see the module docstring)')
-    p.add_argument('--venv', default=str(REPO_ROOT / '.venv'), help='the venv to install into (default .venv; '
-                   'created with --system-site-packages when missing)')
-    args = p.parse_args(argv)
-    try:
-        python = ensure_venv(Path(args.venv), sys.executable)
-        with tempfile.TemporaryDirectory() as work:
-            install(str(python), Path(args.wheelhouse).resolve(), Path(work))
-    except (WheelhouseError, subprocess.CalledProcessError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

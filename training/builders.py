@@ -11,11 +11,11 @@ from fastai.basic_train import Learner
 from torch import nn
 from torch.utils.data import DataLoader
 
+from configuration import Config, ConfigError
 from losses.conclr_loss import ConCLRLoss, view_weights
 from losses.recognition import RecognitionLoss, first_weight
-from support.checkpoint import load_weights
+from runtime.checkpoint import load_weights
 from training.validate import check_geometry, model_class, optimizer_args, optimizer_class
-from utils import Config, ConfigError
 
 
 def build_model(config: Config) -> nn.Module:

@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import os
+import random
 
+import cv2
+import numpy as np
 import torch
 from fastai.basic_data import DeviceDataLoader
 from torch.utils.data import DataLoader, Dataset
 
-from dataset import limit_opencv_threads, seed_worker
-from support.distributed import ResumableDistributedSampler, ShardedBatchSampler, current_env
-from utils import Config
+from configuration import Config
+from runtime.distributed import ResumableDistributedSampler, ShardedBatchSampler, current_env, process_rank
+from runtime.stop_signal import ignore_stop_signals
 
 MAX_AUTO_WORKERS = 16  # the most loader workers per process that `dataset.num_workers: null` starts
+
+
+def limit_opencv_threads() -> None:
+    """One OpenCV thread in this process and in the DataLoader workers it forks (they inherit the setting).
+
+    OpenCV's own thread pool fights the training threads (and the other workers) for the cores of small machines.
+    Call it in the main process before creating worker processes: a forked worker must not call
+    cv2.setNumThreads itself, because reconfiguring a thread pool its parent had started hangs (the copied pool
+    waits in pthread_cond_destroy for threads that do not exist in the child).
+    """
+    cv2.setNumThreads(1)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: seed Python, NumPy and torch distinctly per worker and per rank (pair it with
+    `limit_opencv_threads` in the parent for one OpenCV thread per worker).
+
+    torch gives worker k the seed base_seed + k, with base_seed drawn in the main process: processes of a
+    distributed run that share a seed draw the same base_seed, so the rank is mixed in here. The worker also leaves
+    SIGINT / SIGTERM to the main process (stop_signal.ignore_stop_signals), which then stops training cleanly.
+    """
+    seq = np.random.SeedSequence([torch.initial_seed(), process_rank(), worker_id])
+    low, high = (int(v) for v in seq.generate_state(2, np.uint32))
+    seed = (high << 32 | low) & (2**63 - 1)
+    random.seed(seed)
+    np.random.seed(low)
+    torch.manual_seed(seed)
+    ignore_stop_signals()
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a DataLoader's persistent worker processes now; otherwise they live as long as the loader object."""
+    iterator = getattr(loader, '_iterator', None)  # torch keeps the persistent workers' iterator here
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 def worker_count(config: Config) -> int:
@@ -28,7 +67,7 @@ def worker_count(config: Config) -> int:
 def eval_dataloader(config: Config, dataset: Dataset, device: torch.device, persistent: bool = False) -> DataLoader:
     """Fixed-order evaluation batches of `dataset.test.batch_size`; in a distributed run this process's share
     (batches dealt round-robin, see ShardedBatchSampler). `persistent` keeps the workers between passes (the
-    evaluations during training; shut them down with dataset.shutdown_workers)."""
+    evaluations during training; shut them down with shutdown_workers)."""
     env = current_env(device)
     limit_opencv_threads()  # before any worker is forked
     batches = ShardedBatchSampler(len(dataset), config.dataset_test_batch_size, env.rank, env.world_size)

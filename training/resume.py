@@ -10,7 +10,9 @@ from typing import Any
 from fastai.basic_train import Learner
 from torch import nn
 
-from support.checkpoint import (
+from configuration import Config
+from modules.memory_format import align_optimizer_state
+from runtime.checkpoint import (
     HEAD_PREFIX,
     CheckpointError,
     ResumePoint,
@@ -22,9 +24,7 @@ from support.checkpoint import (
     restore_rng,
     resume_point,
 )
-from support.distributed import DistEnv, shared_seed
-from support.memory_format import align_optimizer_state
-from utils import Config
+from runtime.distributed import DistEnv, shared_seed
 
 
 @dataclass

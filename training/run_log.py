@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from support.distributed import DistEnv
-from support.launcher import LAUNCHED_BY_ENV
-from utils import Config
+from configuration import Config
+from runtime.distributed import DistEnv
+from runtime.launcher import LAUNCHED_BY_ENV
 
 
 def log_config_notes(config: Config, env: DistEnv, logger: logging.Logger) -> None:

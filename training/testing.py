@@ -11,20 +11,21 @@ import torch
 from torch import nn
 
 from callbacks.amp import MixedPrecision, amp_mode
+from configuration import Config
 from dataset import ImageDataset, dataset_kwargs, named_test_sets
+from evaluation.loop import EvalResult, evaluate, format_table, table_rows, write_csv
+from inference.onnx_backend import OnnxBackendError, onnx_model
+from inference.pictures import attention_maps, attention_picture, denormalize, save_rgb
 from modules.decoding import decode_logits
-from support.checkpoint import choose_checkpoint
-from support.distributed import DistEnv, current_env, setup_rank_logger
-from support.evaluation import EvalResult, evaluate, format_table, table_rows, write_csv
-from support.matmul_precision import set_tf32
-from support.memory_format import enable_cudnn_autotune
-from support.onnx_backend import OnnxBackendError, onnx_model
-from support.pictures import attention_maps, attention_picture, denormalize, save_rgb
+from modules.memory_format import enable_cudnn_autotune
+from runtime.checkpoint import choose_checkpoint
+from runtime.distributed import DistEnv, current_env, setup_rank_logger
+from runtime.matmul_precision import set_tf32
 from training.builders import build_learner, build_model
 from training.loaders import test_loader
 from training.run_log import log_config_notes
 from training.validate import validate_config
-from utils import CharsetMapper, Config
+from utils import CharsetMapper
 
 ATTENTION_PICTURES_PER_SET = 16
 

@@ -24,6 +24,7 @@ from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback
 from callbacks.lr_schedule import PiecewiseConstantLR, schedule_end
 from callbacks.nonfinite import NonFiniteGuard
+from configuration import Config
 from dataset import (
     SMALL_SIDE,
     DatasetError,
@@ -31,10 +32,12 @@ from dataset import (
     dataset_kwargs,
     get_dataset,
     named_test_sets,
-    shutdown_workers,
 )
-from support.checkpoint import ResumePoint, capture_rng
-from support.distributed import (
+from evaluation.loop import evaluate
+from inference.pictures import log_eval_images
+from modules.memory_format import enable_cudnn_autotune, weights_memory_format
+from runtime.checkpoint import ResumePoint, capture_rng
+from runtime.distributed import (
     DistEnv,
     ResumableDistributedSampler,
     all_gather_objects,
@@ -45,9 +48,12 @@ from support.distributed import (
     sum_across_ranks,
     unwrap,
 )
-from support.evaluation import evaluate
-from support.matmul_precision import set_tf32
-from support.memory_estimate import (
+from runtime.matmul_precision import set_tf32
+from runtime.run_lock import RunLock, RunLockError, check_resume_source
+from runtime.stop_signal import Interrupted, StopSignal
+from training.builders import build_learner, build_model, check_optimizer_precision, is_conclr
+from training.loaders import eval_dataloader, loader_seed, shutdown_workers, train_dataloader
+from training.memory_estimate import (
     MemoryEstimate,
     MemoryEstimateError,
     check_fits,
@@ -56,16 +62,10 @@ from support.memory_estimate import (
     measure,
     out_of_memory_line,
 )
-from support.memory_format import enable_cudnn_autotune, weights_memory_format
-from support.pictures import log_eval_images
-from support.run_lock import RunLock, RunLockError, check_resume_source
-from support.stop_signal import Interrupted, StopSignal
-from training.builders import build_learner, build_model, check_optimizer_precision, is_conclr
-from training.loaders import eval_dataloader, loader_seed, train_dataloader
 from training.resume import Resume
 from training.run_log import log_config_notes
 from training.validate import validate_config
-from utils import CharsetMapper, Config, seed_everything
+from utils import CharsetMapper, seed_everything
 
 # Test hook: when set to a folder, every rank writes its final weights and evaluation history there (rank<r>.pth).
 DUMP_FINAL_STATE_ENV = 'CONCLR_DUMP_FINAL_STATE'

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from utils import CharsetMapper, Config, ConfigError
+from configuration import Config, ConfigError
+from utils import CharsetMapper
 
 ATTENTION_MODES = ('position', 'attention')
 BACKBONES = ('transformer', 'resnet')

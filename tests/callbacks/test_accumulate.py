@@ -4,7 +4,7 @@ optimiser steps."""
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401
+import runtime.fastai_compat  # noqa: F401
 
 import copy
 import re
@@ -20,12 +20,13 @@ import main
 from callbacks.accumulate import GradientAccumulation, GradientClipping, check_accumulate, step_ends
 from callbacks.conaug import ConAugPretransform
 from callbacks.distributed import DistributedTrainer
-from support.checkpoint import load_checkpoint
-from support.distributed import DistEnv, ResumableDistributedSampler, local_batch_size
+from configuration import Config, ConfigError
+from runtime.checkpoint import load_checkpoint
+from runtime.distributed import DistEnv, ResumableDistributedSampler, local_batch_size
 from tests.helpers import TINY_VISION, randomise, render_lmdb, tiny_config, write_config
 from tests.multiprocess import run_ranks
 from training.builders import build_learner, build_loss, build_model, optimizer_func
-from utils import CharsetMapper, Config, ConfigError
+from utils import CharsetMapper
 
 CPU = torch.device('cpu')
 ABINET, CONCLR = 'modules.model_vision.BaseVision', 'modules.model_conclr.ConCLR_Vision'

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401
+import runtime.fastai_compat  # noqa: F401
 
 from functools import partial
 
@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import main
 import training.train
 from callbacks.amp import MixedPrecision, amp_mode
-from support.checkpoint import load_checkpoint
+from configuration import REPO_ROOT, Config
+from runtime.checkpoint import load_checkpoint
 from tests.helpers import render_lmdb, tiny_config
-from utils import REPO_ROOT, Config
 
 
 def _model() -> nn.Module:

@@ -10,7 +10,7 @@ from fastai.callback import CallbackHandler
 
 import callbacks.conaug as conaug_module
 from callbacks.conaug import ConAugPretransform, conaug, conaug_views, draw_conaug_params, make_conaug_grid
-from tools.loop_references import conaug_loop
+from tools.benchmark.loop_references import conaug_loop
 from utils import CharsetMapper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,7 +266,7 @@ def test_callback_rewrites_the_batch_as_built_by_hand(monkeypatch):
 
 @pytest.mark.parametrize('side', ['fixed', 'batch', 'sample'])
 def test_callback_views_match_the_loop_reference(side):
-    """The callback's two views equal the per-sample loop (tools/loop_references.py) on its own draws."""
+    """The callback's two views equal the per-sample loop (tools/benchmark/loop_references.py) on its own draws."""
     g = torch.Generator().manual_seed(7)
     words = [[1 + int(k) for k in torch.randint(0, 4, (int(n),), generator=g)]
              for n in torch.randint(1, T, (8,), generator=g)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401
+import runtime.fastai_compat  # noqa: F401
 
 import json
 import math
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks.distributed import DistributedTrainer
 from callbacks.iteration import IterationCallback, LossWindow
 from callbacks.nonfinite import NonFiniteGuard
-from support.distributed import DistEnv, setup_rank_logger
+from runtime.distributed import DistEnv, setup_rank_logger
 from tests.multiprocess import run_ranks
 
 BATCH, STEPS, SHOW = 2, 10, 4  # windows: iterations 1-4, 5-8 and the final partial one, 9-10
@@ -188,7 +188,7 @@ def test_best_checkpoint_follows_the_highest_cwr(tmp_path):
 
 
 def test_a_window_counts_the_cpu_time_of_training_but_not_of_evaluation(tmp_path):
-    """cpu_seconds (what tools/ood reports as cores busy) leaves the evaluations' CPU work out, as seconds does."""
+    """cpu_seconds (what the study reports as cores busy) leaves the evaluations' CPU work out, as seconds does."""
     start = time.process_time()
     callback, called = _single_run(tmp_path, steps=6, eval_iters=2, save_iters=1000, eval_cpu_seconds=0.2)
     spent = time.process_time() - start

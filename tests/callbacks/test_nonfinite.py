@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401
+import runtime.fastai_compat  # noqa: F401
 
 import logging
 from functools import partial

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from configuration import Config
 from losses.conclr_loss import ConCLRLoss, view_weights
 from training.builders import build_loss
-from utils import Config
 
 # T = 4 slots, classes 0 (null), 1 ('a'), 2 ('b'); three samples.
 # original: 'ab', 'b', 'a'; view 1: 'ab', overlong (truncated, invalid), 'aa'; view 2: 'ba', 'bb', overlong (invalid).

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from losses.contrastive import ContrastiveLoss, contrastive_loss, onehot_to_index
-from tools.loop_references import contrastive_loss_loop
+from tools.benchmark.loop_references import contrastive_loss_loop
 
 
 def random_case(seed, n, t_slots, e, num_classes=4, invalid_frac=0.0, dtype=torch.float64):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from configuration import Config
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
-from utils import Config
 
 REPO = Path(__file__).resolve().parents[2]
 VISION = {'resnet_widths': [4, 8, 8, 16, 16], 'resnet_layers': [1, 1, 1, 1, 1], 'd_model': 16, 'nhead': 2,

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from configuration import Config
 from modules.model_vision import BaseVision
 from tests.helpers import randomise
-from utils import Config
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_TSV = REPO / '..' / 'shared' / 'spec' / 'base_vision_state_dict.tsv'

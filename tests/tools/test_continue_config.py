@@ -8,10 +8,10 @@ import torch
 
 import main
 from callbacks.lr_schedule import lr_at
-from support.checkpoint import load_checkpoint
+from configuration import Config, load_yaml
+from runtime.checkpoint import load_checkpoint
 from tests.helpers import render_lmdb, tiny_config
 from tools import continue_config, release_checkpoint
-from utils import Config, load_yaml
 
 
 def test_warm_up_counts_from_the_start_iteration():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tools import create_lmdb_dataset as C
+from tools import lmdb_writer
 
 
 def _png(value, h=8, w=20):
@@ -25,7 +26,7 @@ def _read_all(path):
 
 def test_layout_is_one_based_with_count(tmp_path):
     samples = [(_png(i * 10), f'word{i}') for i in range(5)]
-    assert C.write_lmdb(tmp_path / 'db', samples) == 5
+    assert lmdb_writer.write_lmdb(tmp_path / 'db', samples) == 5
     kv = _read_all(tmp_path / 'db')
     assert kv[b'num-samples'] == b'5'
     assert set(kv) == {b'num-samples'} | {f'{k}-{i:09d}'.encode() for k in ('image', 'label') for i in range(1, 6)}
@@ -35,14 +36,14 @@ def test_layout_is_one_based_with_count(tmp_path):
 
 
 def test_unicode_label_round_trip(tmp_path):
-    C.write_lmdb(tmp_path / 'db', [(_png(0), 'Grenier à Pain')])
+    lmdb_writer.write_lmdb(tmp_path / 'db', [(_png(0), 'Grenier à Pain')])
     assert _read_all(tmp_path / 'db')[b'label-000000001'].decode('utf-8') == 'Grenier à Pain'
 
 
 def test_undecodable_images_are_skipped_with_warning(tmp_path):
     samples = [(_png(1), 'a'), (b'not an image', 'b'), (b'', 'c'), (_png(2), 'd')]
     with pytest.warns(UserWarning, match='undecodable'):
-        count = C.write_lmdb(tmp_path / 'db', samples)
+        count = lmdb_writer.write_lmdb(tmp_path / 'db', samples)
     assert count == 2
     kv = _read_all(tmp_path / 'db')
     assert kv[b'num-samples'] == b'2'
@@ -50,17 +51,17 @@ def test_undecodable_images_are_skipped_with_warning(tmp_path):
 
 
 def test_no_check_keeps_everything(tmp_path):
-    assert C.write_lmdb(tmp_path / 'db', [(b'junk', 'x'), (_png(3), 'y')], check_images=False) == 2
+    assert lmdb_writer.write_lmdb(tmp_path / 'db', [(b'junk', 'x'), (_png(3), 'y')], check_images=False) == 2
     assert _read_all(tmp_path / 'db')[b'image-000000001'] == b'junk'
 
 
 def test_empty_input_writes_zero_count(tmp_path):
-    assert C.write_lmdb(tmp_path / 'db', []) == 0
+    assert lmdb_writer.write_lmdb(tmp_path / 'db', []) == 0
     assert _read_all(tmp_path / 'db') == {b'num-samples': b'0'}
 
 
 def test_no_temporary_or_lock_files_left(tmp_path):
-    C.write_lmdb(tmp_path / 'db', [(_png(0), 'a')])
+    lmdb_writer.write_lmdb(tmp_path / 'db', [(_png(0), 'a')])
     assert os.listdir(tmp_path) == ['db']
     assert os.listdir(tmp_path / 'db') == ['data.mdb']
 
@@ -71,26 +72,26 @@ def test_crash_midway_leaves_nothing(tmp_path):
         raise RuntimeError('boom')
 
     with pytest.raises(RuntimeError, match='boom'):
-        C.write_lmdb(tmp_path / 'db', samples())
+        lmdb_writer.write_lmdb(tmp_path / 'db', samples())
     assert os.listdir(tmp_path) == []
 
 
 def test_existing_output_needs_overwrite(tmp_path):
-    C.write_lmdb(tmp_path / 'db', [(_png(0), 'old')])
+    lmdb_writer.write_lmdb(tmp_path / 'db', [(_png(0), 'old')])
     with pytest.raises(FileExistsError, match='db'):
-        C.write_lmdb(tmp_path / 'db', [(_png(0), 'new')])
-    C.write_lmdb(tmp_path / 'db', [(_png(0), 'new'), (_png(1), 'two')], overwrite=True)
+        lmdb_writer.write_lmdb(tmp_path / 'db', [(_png(0), 'new')])
+    lmdb_writer.write_lmdb(tmp_path / 'db', [(_png(0), 'new'), (_png(1), 'two')], overwrite=True)
     kv = _read_all(tmp_path / 'db')
     assert kv[b'num-samples'] == b'2' and kv[b'label-000000001'] == b'new'
     assert os.listdir(tmp_path) == ['db']
 
 
 def test_map_grows_when_full(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, 'INITIAL_MAP_SIZE', 64 * 1024)
-    monkeypatch.setattr(C, 'COMMIT_EVERY', 7)
+    monkeypatch.setattr(lmdb_writer, 'INITIAL_MAP_SIZE', 64 * 1024)
+    monkeypatch.setattr(lmdb_writer, 'COMMIT_EVERY', 7)
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     big = cv2.imencode('.png', noise)[1].tobytes()  # ~12 KiB that PNG cannot compress
-    assert C.write_lmdb(tmp_path / 'db', [(big, str(i)) for i in range(40)]) == 40
+    assert lmdb_writer.write_lmdb(tmp_path / 'db', [(big, str(i)) for i in range(40)]) == 40
     kv = _read_all(tmp_path / 'db')
     assert kv[b'num-samples'] == b'40' and kv[b'image-000000040'] == big
 

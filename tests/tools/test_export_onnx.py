@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
+from configuration import Config
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
-from support.checkpoint import save_checkpoint
+from runtime.checkpoint import save_checkpoint
 from tests.helpers import randomise
 from tools import export_onnx
-from utils import Config
 
 REPO = Path(__file__).resolve().parents[2]
 VISION = {'resnet_widths': [4, 8, 8, 16, 16], 'resnet_layers': [1, 1, 1, 1, 1], 'd_model': 16, 'nhead': 2,

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from tools import benchmark as B
 from tools import gpu_check as G
 from tools import gpu_check_parts as P
 from tools import wheelhouse as W
+from tools.benchmark import cli, training_sections
 
 
 def summary_rows(folder) -> dict[str, list[str]]:
@@ -214,27 +214,28 @@ def test_train_log_parsing_on_hand_made_lines():
 
 
 def test_benchmark_batch_is_the_largest_the_memory_estimate_fits(monkeypatch):
-    from support import memory_estimate as M
+    from training import memory_estimate as M
 
     mib = 2 ** 20
     fake = {1: M.MemoryEstimate(1000, 1 * mib, 0.0, 1, None), 3: M.MemoryEstimate(2000, 3 * mib, 0.0, 1, None)}
     monkeypatch.setattr(M, 'measure', lambda model, shape, views, *a, **k: fake[views])  # ABINet 1 view, ConCLR 3
-    s = B.settings_from(B.parse_args(['--quick', '--device', 'cpu', '--batch', '64']))
+    s = cli.settings_from(cli.parse_args(['--quick', '--device', 'cpu', '--batch', '64']))
     # three models' state (2 x 16,000 + 32,000 bytes) + ConCLR's 3 MiB per image x 1.25 + the reserve
-    assert B.lineup_bytes({'abinet': fake[1], 'conclr': fake[3]}, 20) == 64000 + 1.25 * 3 * mib * 20 + M.RESERVE
-    free = 64000 + 1.25 * 3 * mib * 20 + M.RESERVE  # room for 20 images: the largest multiple of 8 is 16
-    assert B.memory_batch(s, free)[0] == 16
-    assert B.memory_batch(s, free * 10)[0] == 64  # never above the batch asked for
-    batch, note = B.memory_batch(s, M.RESERVE + 64000 + 1.25 * 3 * mib * 5)
+    free = 64000 + 1.25 * 3 * mib * 20 + M.RESERVE
+    assert training_sections.lineup_bytes({'abinet': fake[1], 'conclr': fake[3]}, 20) == free
+    # room for 20 images: the largest multiple of 8 is 16
+    assert training_sections.memory_batch(s, free)[0] == 16
+    assert training_sections.memory_batch(s, free * 10)[0] == 64  # never above the batch asked for
+    batch, note = training_sections.memory_batch(s, M.RESERVE + 64000 + 1.25 * 3 * mib * 5)
     assert batch == 5 and note.startswith('batch 5 of 64 asked: the line-up needs about 0.8 GiB')
-    batch, note = B.memory_batch(s, 1.0)
+    batch, note = training_sections.memory_batch(s, 1.0)
     assert batch == 1 and note.endswith('(not even that fits: expect out-of-memory rows)')
 
 
 def test_study_iters_and_fallback_batches():
     assert P.study_iters(50) == 50 and P.study_iters(20) == 10 and P.study_iters(1000) == 450
-    assert B.fallback_batches(384) == [384, 256, 192, 128, 96, 64, 48]
-    assert B.fallback_batches(2) == [2, 1]
+    assert training_sections.fallback_batches(384) == [384, 256, 192, 128, 96, 64, 48]
+    assert training_sections.fallback_batches(2) == [2, 1]
 
 
 def make_wheel(folder, name: str = 'gpu_check_demo_pkg', version: str = '0.1'):
@@ -393,5 +394,5 @@ def test_setup_env_sh_hands_the_wheelhouse_to_the_installer(tmp_path):
     env.pop('WHEELHOUSE', None)
     subprocess.run(['bash', str(G.REPO_ROOT / 'tools' / 'setup_env.sh'), '--wheelhouse', str(tmp_path / 'wh')],
                    cwd=tmp_path, env=env, check=True)
-    assert (tmp_path / 'called').read_text().split() == [str(G.REPO_ROOT), '-m', 'tools.wheelhouse',
+    assert (tmp_path / 'called').read_text().split() == [str(G.REPO_ROOT), '-m', 'tools.install_wheelhouse',
                                                          str(tmp_path / 'wh'), '--venv', '.venv']

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from support.memory_estimate import GIB, MemoryEstimate
 from tools.memory_table import Setup, recipe_row
+from training.memory_estimate import GIB, MemoryEstimate
 
 
 def test_rows_take_the_cards_amp_and_the_smallest_accumulation_that_fits():

@@ -5,11 +5,11 @@ import hashlib
 
 import torch
 
+from configuration import Config
 from modules.model_conclr import ConCLR_Vision
-from support.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from runtime.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from tests.helpers import TINY_VISION, randomise, write_config
 from tools import release_checkpoint
-from utils import Config
 
 
 def test_release_keeps_weights_drops_optimiser_and_prints_its_sha256(tmp_path, capsys):

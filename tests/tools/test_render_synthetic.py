@@ -6,28 +6,31 @@ import matplotlib
 import numpy as np
 import pytest
 
+from configuration import REPO_ROOT
 from dataset import ImageDataset, open_lmdb
 from tools import render_synthetic as R
-from utils import REPO_ROOT, CharsetMapper
+from tools.synth import fonts as synth_fonts
+from tools.synth import plain, splits, vocabulary
+from utils import CharsetMapper
 
 MPL_FONTS = os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data', 'fonts', 'ttf')
 
 
 @pytest.fixture(scope='module')
 def fonts():
-    found = R.find_fonts()
+    found = synth_fonts.find_fonts()
     assert found, 'matplotlib ships DejaVu fonts, so at least those must be found'
     return found
 
 
 def test_symbol_fonts_are_rejected():
-    assert R.font_renders(os.path.join(MPL_FONTS, 'DejaVuSans.ttf'))
-    assert R.font_renders(os.path.join(MPL_FONTS, 'cmr10.ttf'))
+    assert synth_fonts.font_renders(os.path.join(MPL_FONTS, 'DejaVuSans.ttf'))
+    assert synth_fonts.font_renders(os.path.join(MPL_FONTS, 'cmr10.ttf'))
     for name in ('cmex10.ttf', 'cmsy10.ttf', 'STIXSizOneSymReg.ttf', 'DejaVuSansDisplay.ttf',
                  'LastResortHE-Regular.ttf'):
         path = os.path.join(MPL_FONTS, name)
         if os.path.exists(path):
-            assert not R.font_renders(path), name
+            assert not synth_fonts.font_renders(path), name
 
 
 def test_found_fonts_are_distinct_faces(fonts):
@@ -37,59 +40,59 @@ def test_found_fonts_are_distinct_faces(fonts):
 
 
 def test_render_shape_dtype_and_determinism(fonts):
-    a = R.render_word('Hello', fonts[0], np.random.default_rng(7))
-    b = R.render_word('Hello', fonts[0], np.random.default_rng(7))
+    a = plain.render_word('Hello', fonts[0], np.random.default_rng(7))
+    b = plain.render_word('Hello', fonts[0], np.random.default_rng(7))
     assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[0] == 32 and a.shape[2] == 3
     np.testing.assert_array_equal(a, b)
-    c = R.render_word('Hello', fonts[0], np.random.default_rng(8))
+    c = plain.render_word('Hello', fonts[0], np.random.default_rng(8))
     assert c.shape != a.shape or not np.array_equal(a, c)
-    assert R.render_word('Hello', fonts[0], np.random.default_rng(7), height=48).shape[0] == 48
+    assert plain.render_word('Hello', fonts[0], np.random.default_rng(7), height=48).shape[0] == 48
 
 
 def test_width_follows_text(fonts):
-    short = R.render_word('ab', fonts[0], np.random.default_rng(3))
-    long = R.render_word('abcdefghijkl', fonts[0], np.random.default_rng(3))
+    short = plain.render_word('ab', fonts[0], np.random.default_rng(3))
+    long = plain.render_word('abcdefghijkl', fonts[0], np.random.default_rng(3))
     assert long.shape[1] > 3 * short.shape[1]
 
 
 def test_fonts_differ(fonts):
     regular = os.path.join(MPL_FONTS, 'DejaVuSans.ttf')
     mono = os.path.join(MPL_FONTS, 'DejaVuSansMono.ttf')
-    a = R.render_word('minimum', regular, np.random.default_rng(0))
-    b = R.render_word('minimum', mono, np.random.default_rng(0))
+    a = plain.render_word('minimum', regular, np.random.default_rng(0))
+    b = plain.render_word('minimum', mono, np.random.default_rng(0))
     assert a.shape != b.shape or not np.array_equal(a, b)
 
 
 def test_text_stands_out_from_background(fonts):
     # The brightest and darkest tenths of the grey image differ by far more than the noise could.
     for seed in range(10):
-        img = R.render_word('Wordplay', fonts[seed % len(fonts)], np.random.default_rng(seed)).astype(float)
+        img = plain.render_word('Wordplay', fonts[seed % len(fonts)], np.random.default_rng(seed)).astype(float)
         gray = np.sort((img @ [0.299, 0.587, 0.114]).ravel())
         tenth = len(gray) // 10
         assert gray[-tenth:].mean() - gray[:tenth].mean() > 40
 
 
 def test_vocabulary_words():
-    words = R.make_vocabulary(300, 4, 9, np.random.default_rng(0))
+    words = vocabulary.make_vocabulary(300, 4, 9, np.random.default_rng(0))
     assert len(words) == len(set(words)) == 300
     assert all(re.fullmatch('[a-z]{4,9}', w) for w in words)
-    assert words == R.make_vocabulary(300, 4, 9, np.random.default_rng(0))
-    assert words != R.make_vocabulary(300, 4, 9, np.random.default_rng(1))
+    assert words == vocabulary.make_vocabulary(300, 4, 9, np.random.default_rng(0))
+    assert words != vocabulary.make_vocabulary(300, 4, 9, np.random.default_rng(1))
 
 
 def test_vocabulary_random_strings():
-    words = R.make_vocabulary(300, 3, 6, np.random.default_rng(0), kind='random')
+    words = vocabulary.make_vocabulary(300, 3, 6, np.random.default_rng(0), kind='random')
     assert len(set(words)) == 300 and all(re.fullmatch('[a-z0-9]{3,6}', w) for w in words)
     assert sum(any(c.isdigit() for c in w) for w in words) > 100
     with pytest.raises(ValueError, match='kind'):
-        R.make_vocabulary(3, 3, 6, np.random.default_rng(0), kind='nonsense')
+        vocabulary.make_vocabulary(3, 3, 6, np.random.default_rng(0), kind='nonsense')
 
 
 def test_capitalisation_styles():
     rng = np.random.default_rng(0)
     styles = Counter()
     for _ in range(400):
-        w = R.apply_case('word', rng)
+        w = vocabulary.apply_case('word', rng)
         styles[w] += 1
     assert set(styles) == {'word', 'Word', 'WORD'}
     assert 150 < styles['word'] < 250
@@ -149,14 +152,14 @@ CYRILLIC_WORDS = ['дом', 'кот', 'река', 'свет', 'звезда', '�
 def test_cyrillic_vocabulary_renders_only_with_fonts_that_cover_each_label(tmp_path, capsys):
     """matplotlib's DejaVu faces have Cyrillic, its cmr10 / STIX faces do not: every render's font must still hold
     every character of its label, and the renderer says how many fonts cover the whole vocabulary."""
-    fonts = R.find_fonts()
-    alphabet = R.text_alphabet(CYRILLIC_WORDS)
-    covering = [f for f in fonts if R.font_covers(f, alphabet)]
+    fonts = synth_fonts.find_fonts()
+    alphabet = synth_fonts.text_alphabet(CYRILLIC_WORDS)
+    covering = [f for f in fonts if synth_fonts.font_covers(f, alphabet)]
     assert 0 < len(covering) < len(fonts)  # the case that drew empty boxes before: some fonts lack the letters
-    R._init_worker(CYRILLIC_WORDS, fonts, 32)
-    rendered = [item for chunk in range(6) for item in R._render_chunk((0, 0, chunk, 20))]
+    splits._init_worker(CYRILLIC_WORDS, fonts, 32)
+    rendered = [item for chunk in range(6) for item in splits._render_chunk((0, 0, chunk, 20))]
     assert {text.lower() for _, text, _ in rendered} <= set(CYRILLIC_WORDS)
-    assert all(R.font_covers(fonts[index], text) for _, text, index in rendered)
+    assert all(synth_fonts.font_covers(fonts[index], text) for _, text, index in rendered)
 
     vocab = tmp_path / 'words.txt'
     vocab.write_text('\n'.join(CYRILLIC_WORDS), encoding='utf-8')

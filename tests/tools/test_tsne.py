@@ -13,14 +13,15 @@ import pytest
 import torch
 import yaml
 
+from configuration import Config
 from dataset import ImageDataset, close_lmdb
 from modules.model_conclr import ConCLR_Vision
 from modules.model_vision import BaseVision
-from support.checkpoint import save_checkpoint
-from tools import tsne
-from tools.create_lmdb_dataset import write_lmdb
-from tools.render_synthetic import render_word
-from utils import CharsetMapper, Config
+from runtime.checkpoint import save_checkpoint
+from tools import glimpse_tsne, tsne
+from tools.lmdb_writer import write_lmdb
+from tools.synth.plain import render_word
+from utils import CharsetMapper
 
 REPO = Path(__file__).resolve().parents[2]
 CHARSET = REPO / 'data' / 'charset_36.txt'
@@ -61,30 +62,30 @@ def test_select_slots_takes_ground_truth_characters():
     features = torch.tensor([[[10 * i + j, -j] for j in range(t)] for i in range(n)], dtype=torch.float32)
     assert features.shape == (n, t, e)
     gts = ['ab', 'xyzwv', '']  # the second is longer than the 4 slots
-    rows, labels = tsne.select_slots(features, gts)
+    rows, labels = glimpse_tsne.select_slots(features, gts)
     assert labels == ['a', 'b', 'x', 'y', 'z', 'w']
     np.testing.assert_array_equal(rows, [[0, 0], [1, -1], [10, 0], [11, -1], [12, -2], [13, -3]])
 
-    rows, labels = tsne.select_slots(features, gts, ['AB', 'xyzw', 'q'], only_correct=True)
+    rows, labels = glimpse_tsne.select_slots(features, gts, ['AB', 'xyzw', 'q'], only_correct=True)
     assert labels == ['a', 'b'] and rows.tolist() == [[0, 0], [1, -1]]
-    rows, labels = tsne.select_slots(features, gts, ['AB', 'xyzw', 'q'], only_correct=True, case_sensitive=True)
+    rows, labels = glimpse_tsne.select_slots(features, gts, ['AB', 'xyzw', 'q'], only_correct=True, case_sensitive=True)
     assert labels == [] and rows.shape == (0, e)
     with pytest.raises(ValueError):
-        tsne.select_slots(features, gts, None, only_correct=True)
+        glimpse_tsne.select_slots(features, gts, None, only_correct=True)
 
 
 def test_embed_2d_keeps_separated_clusters_apart():
     rng = np.random.default_rng(0)
     a = rng.normal(0.0, 1.0, (15, 8))
     b = rng.normal(50.0, 1.0, (15, 8))
-    points = tsne.embed_2d(np.concatenate([a, b]), perplexity=5)
+    points = glimpse_tsne.embed_2d(np.concatenate([a, b]), perplexity=5)
     assert points.shape == (30, 2) and np.isfinite(points).all()
     pa, pb = points[:15], points[15:]
     within = max(np.ptp(pa, axis=0).max(), np.ptp(pb, axis=0).max())
     between = np.linalg.norm(pa[:, None] - pb[None], axis=-1).min()
     assert between > within
     with pytest.raises(ValueError, match='too few'):
-        tsne.embed_2d(np.zeros((3, 8)))
+        glimpse_tsne.embed_2d(np.zeros((3, 8)))
 
 
 def neighbour_agreement(points, labels):
@@ -102,7 +103,7 @@ def test_embed_2d_keeps_glimpses_of_one_character_together():
     centres = rng.normal(0.0, 6.0, (4, 16))
     labels = [c for c in 'abcd' for _ in range(12)]
     vectors = np.concatenate([centre + rng.normal(0.0, 1.0, (12, 16)) for centre in centres])
-    points = tsne.embed_2d(vectors, perplexity=8)
+    points = glimpse_tsne.embed_2d(vectors, perplexity=8)
     assert neighbour_agreement(vectors, labels) == 1.0  # the toy set is separable to begin with
     assert neighbour_agreement(points, labels) == 1.0
     assert neighbour_agreement(points, rng.permutation(labels)) < 0.6
@@ -114,7 +115,7 @@ def test_glimpses_are_the_models_features_of_the_ground_truth_slots(word_lmdb):
     dataset = ImageDataset(word_lmdb, charset, False)
     torch.manual_seed(0)
     model = BaseVision(config).eval()
-    vectors, labels = tsne.collect_glimpses(model, dataset, charset, max_samples=12, batch_size=5)
+    vectors, labels = glimpse_tsne.collect_glimpses(model, dataset, charset, max_samples=12, batch_size=5)
     with torch.no_grad():
         feature = model(torch.stack([dataset[i][0] for i in range(12)]))['feature']
     words = [WORDS[k % len(WORDS)].lower() for k in range(12)]
@@ -128,7 +129,7 @@ def test_tsne_points_cover_every_ground_truth_character(word_lmdb):
     charset = CharsetMapper(CHARSET, 5)
     dataset = ImageDataset(word_lmdb, charset, False)
     model = BaseVision(config).eval()
-    points, labels = tsne.tsne_points(model, dataset, charset, max_samples=30, perplexity=5, batch_size=16)
+    points, labels = glimpse_tsne.tsne_points(model, dataset, charset, max_samples=30, perplexity=5, batch_size=16)
     expected = ''.join(WORDS[k % len(WORDS)].lower() for k in range(30))
     assert labels == list(expected)
     assert points.shape == (len(expected), 2) and np.isfinite(points).all()
@@ -143,9 +144,9 @@ def test_plot_draws_each_characters_points_in_its_colour_with_its_label(tmp_path
     rng = np.random.default_rng(2)
     panels = [('left', rng.normal(size=(7, 2)), list('abcabca')), ('right', rng.normal(size=(4, 2)), list('zz0z'))]
     chars = list('abcz0')
-    tsne.plot_panels(panels, tmp_path / 'p.png', chars)
+    glimpse_tsne.plot_panels(panels, tmp_path / 'p.png', chars)
     assert cv2.imread(str(tmp_path / 'p.png')).shape == (700, 1400, 3)
-    colours = tsne.char_colours(chars)
+    colours = glimpse_tsne.char_colours(chars)
     (fig,) = drawn
     for ax, (title, points, labels) in zip(fig.axes, panels):
         assert ax.get_title() == f'{title}\n{len(points)} character glimpses'

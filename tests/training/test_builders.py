@@ -2,9 +2,9 @@
 
 import torch
 
+from configuration import Config
 from tests.helpers import randomise
 from training.builders import optimizer_func
-from utils import Config
 
 
 def test_template_optimiser_is_foreach_adam_with_the_per_tensor_steps():

@@ -4,7 +4,7 @@ the gloo stop group made at setup with the run's timeout, CPU checkpoints, fp16 
 
 from __future__ import annotations
 
-import support.fastai_compat  # noqa: F401
+import runtime.fastai_compat  # noqa: F401
 
 import datetime
 import os
@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 import demo
-import support.distributed as distributed
-from support.checkpoint import save_checkpoint, to_cpu
-from support.matmul_precision import set_tf32
+import runtime.distributed as distributed
+from configuration import Config, ConfigError
+from runtime.checkpoint import save_checkpoint, to_cpu
+from runtime.matmul_precision import set_tf32
 from tests.helpers import render_lmdb, tiny_config
 from training.builders import check_optimizer_precision
 from training.loaders import MAX_AUTO_WORKERS, eval_dataloader, worker_count
-from utils import Config, ConfigError
 
 
 def test_tf32_is_set_on_cuda_only():
@@ -53,7 +53,8 @@ def test_worker_count_is_explicit_or_the_cpus_per_process(monkeypatch):
 
 
 def test_evaluation_loader_of_training_keeps_its_workers(tmp_path):
-    from dataset import ImageDataset, shutdown_workers
+    from dataset import ImageDataset
+    from training.loaders import shutdown_workers
     from utils import CharsetMapper
 
     root = render_lmdb(tmp_path / 'test', 4)

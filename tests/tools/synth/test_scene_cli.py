@@ -9,7 +9,7 @@ import pytest
 
 from dataset import open_lmdb
 from tools import render_synthetic as R
-from tools.create_lmdb_dataset import write_lmdb
+from tools.lmdb_writer import write_lmdb
 
 
 def _read(path):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.create_lmdb_dataset import write_lmdb
+from tools.lmdb_writer import write_lmdb
 from tools.synth.corpus import Corpus, CorpusMix, apply_case
 from tools.synth.textures import colour_pair, lmdb_images, load_textures, random_crop, texture_files
 

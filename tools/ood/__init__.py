@@ -1,5 +1,0 @@
-"""Does ConCLR help out of vocabulary? A resumable study: python -m tools.ood --preset ... --output ...
-
-preset.py reads and checks a preset, data.py renders the vocabularies and test sets, runs.py trains, evaluates and
-caches one run, study.py orders the runs and writes the report, report.py and figures.py make it.
-"""
