@@ -6,7 +6,7 @@ CPU with the tiny model (CONCLR_TEST_DEVICE=cpu, CONCLR_TEST_SIZE=tiny), so this
 
 Tolerances, relative, on every step's loss of a 5-step main.train run against the float32 CPU run of the same seed,
 data and ConAug draws (dropout off): amp off 1 % (cuDNN convolutions run in TF32 by default), bf16 and fp16 2 %
-(the issue's target for the final loss, here asked of every step).
+(the target for the final loss, here asked of every step).
 """
 
 from __future__ import annotations

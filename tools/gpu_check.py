@@ -65,7 +65,7 @@ FALLBACK_STEPS = 40  # the training part's steps when the benchmark measured no 
 CUDA_TEST_FILES = ('tests/test_cuda_path.py', 'tests/test_user_commands.py')
 DRY_RUN_TEST_FILES = ('tests/test_cuda_path.py',)
 KILL_GRACE_S = 5
-# Benchmark rows the summary quotes (issue 16's targets and the numbers the README needs), with their suffixes.
+# Benchmark rows the summary quotes (the GPU targets and the numbers the docs quote), with their suffixes.
 SUMMARY_ROWS = ('train.abinet.img_s', 'train.conclr.img_s', 'train.abinet.peak_gib', 'train.conclr.peak_gib',
                 'train.ratio', 'train.abinet.mfu', 'train.abinet.mfu_datasheet', 'share.conaug_clr',
                 'loss.abinet.vs_fp32', 'loss.conclr.vs_fp32', 'infer.b1.img_s', 'infer.b64.img_s',

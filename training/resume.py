@@ -29,8 +29,10 @@ from runtime.distributed import DistEnv, shared_seed
 
 @dataclass
 class Resume:
-    """The checkpoint a resumed run continues from (`path` and `state` None for a fresh run)."""
+    """The checkpoint a resumed run continues from (`path` and `state` None for a fresh run), read once with the
+    run's config."""
 
+    config: Config
     path: Path | None = None
     state: dict[str, Any] | None = None
 
@@ -38,21 +40,21 @@ class Resume:
     def read(cls, config: Config) -> Resume:
         """The checkpoint of `training.resume` (a file, or the newest periodic one of a folder), if set."""
         if not config.training_resume:
-            return cls()
+            return cls(config)
         path = find_checkpoint(config.training_resume)
-        return cls(path, load_checkpoint(path))
+        return cls(config, path, load_checkpoint(path))
 
-    def sampler_seed(self, config: Config) -> int:
+    def sampler_seed(self) -> int:
         """The training sampler's seed: the checkpoint's, else one drawn from `global.seed` (same on every rank)."""
         if self.state is not None and self.state.get('sampler_seed') is not None:
             return int(self.state['sampler_seed'])
-        return shared_seed(config.global_seed)
+        return shared_seed(self.config.global_seed)
 
-    def point(self, config: Config, iters_per_epoch: int, env: DistEnv, logger: logging.Logger) -> ResumePoint:
+    def point(self, iters_per_epoch: int, env: DistEnv, logger: logging.Logger) -> ResumePoint:
         """Where training starts: `training.start_iters` for a fresh run, else the checkpoint's place."""
         if self.state is None:
-            return ResumePoint(config.training_start_iters, 0, 0, True, '')
-        point = resume_point(self.state, iters_per_epoch, env.world_size, config.dataset_train_batch_size)
+            return ResumePoint(self.config.training_start_iters, 0, 0, True, '')
+        point = resume_point(self.state, iters_per_epoch, env.world_size, self.config.dataset_train_batch_size)
         logger.info(f'resuming from {self.path} at iteration {point.iteration}: {point.note}')
         return point
 
@@ -70,13 +72,14 @@ class Resume:
                                   'with (to start another model from its weights use --checkpoint instead)')
         load_weights(model, self.path, strict=True)
 
-    def restore_optimizer(self, learn: Learner, config: Config, logger: logging.Logger) -> None:
+    def restore_optimizer(self, learn: Learner, logger: logging.Logger) -> None:
         """Create the Learner's optimiser with the checkpoint's state (a warning when it holds none)."""
         if self.state is None:
             return
         if self.state.get('opt') is None:
             logger.warning(f'{self.path} holds no optimiser state: the optimiser starts afresh')
             return
+        config = self.config
         learn.create_opt(config.optimizer_lr, config.optimizer_wd)
         opt = learn.opt.opt
         other = (f'--resume {self.path}: its optimiser state does not fit optimizer.type {config.optimizer_type} of '
@@ -110,6 +113,8 @@ class Resume:
         """The checkpoint's evaluations, loss windows and timings (None for a fresh run or an older checkpoint)."""
         return self.state.get('records') if self.state is not None else None
 
-    def saved(self, config: Config) -> list[Path] | None:
+    def saved(self) -> list[Path] | None:
         """The run's periodic checkpoints already on disk, for the keep-last-five rule (None for a fresh run)."""
-        return periodic_checkpoints(config.workdir, config.global_name) if self.state is not None else None
+        if self.state is None:
+            return None
+        return periodic_checkpoints(self.config.workdir, self.config.global_name)

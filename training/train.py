@@ -135,11 +135,11 @@ def make_loaders(config: Config, env: DistEnv, device: torch.device, data: Train
     """Step 3: the sampler placed at the (resumed) start, and the loaders."""
     accumulate = config.training_accumulate
     batch = local_batch_size(config.dataset_train_batch_size, env.world_size, accumulate)
-    seed = resume.sampler_seed(config)
+    seed = resume.sampler_seed()
     sampler = ResumableDistributedSampler(data.train_set, env.world_size, env.rank, seed, batch,
                                           accumulate=accumulate)
     iters_per_epoch = sampler.steps_per_epoch  # optimiser steps
-    point = resume.point(config, iters_per_epoch, env, logger)
+    point = resume.point(iters_per_epoch, env, logger)
     sampler.resume_at(point.epoch, point.skip_batches)
     sampler.set_epoch(point.epoch)
     train_dl = train_dataloader(config, data.train_set, sampler, batch, device,
@@ -181,7 +181,7 @@ def make_learner(config: Config, env: DistEnv, device: torch.device, model: nn.M
     amp = amp_mode(config.training_amp, device)
     check_optimizer_precision(config, amp)
     learn = build_learner(config, model, loaders.train_dl, loaders.valid_dl, device)
-    resume.restore_optimizer(learn, config, logger)
+    resume.restore_optimizer(learn, logger)
     if not amp:
         if str(config.training_amp).strip().lower() == 'auto':
             logger.info(f'training.amp auto: float32 on {device} (bf16 needs a CUDA GPU that has it)')
@@ -253,7 +253,7 @@ def make_iteration_callback(config: Config, env: DistEnv, *, learn: Learner, loa
         show_iters=config.training_show_iters, eval_iters=config.training_eval_iters,
         save_iters=config.training_save_iters, start_iter=point.iteration, max_iters=config.training_max_iters,
         best_cwr=resume.best_cwr, start_epoch=point.epoch, start_batch=point.skip_batches, is_main=env.is_main,
-        world_size=env.world_size, extra_state=extra_state, saved=resume.saved(config), stop=stop,
+        world_size=env.world_size, extra_state=extra_state, saved=resume.saved(), stop=stop,
         records=resume.records(), accumulate=config.training_accumulate,
         stop_every=STOP_CHECK_STEPS if env.distributed else 1)
 

@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(prog='python -m experiments.oov_study', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--preset', required=True, help='study preset (configs/experiment_*.yaml)')
+    parser.add_argument('--preset', required=True, help='study preset (experiments/oov_study/configs/*.yaml)')
     parser.add_argument('--output', required=True, help='folder for data, runs and the report; resumable')
     parser.add_argument('--iters', type=int, default=None, help='override config.training.max_iters (steps of the '
                         'same-steps runs), for a short check; part of the preset the folder belongs to')

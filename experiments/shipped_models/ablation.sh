@@ -6,7 +6,7 @@
 # benchmark in ../shared/benchmarks (log/ablation/<name>.test.stdout). Needs data/scene300k (experiments/shipped_models/train.sh).
 #   PYTHON=.venv/bin/python bash experiments/shipped_models/ablation.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${THREADS:-2}
 if [ ! -f data/synth64k/train/data.mdb ] || [ ! -f data/synth64k/test/data.mdb ]; then

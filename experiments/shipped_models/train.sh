@@ -12,7 +12,7 @@
 #      checkpoints/<model>.pth and test them the same way.
 #   PYTHON=.venv/bin/python bash experiments/shipped_models/train.sh [abinet_vision_quarter|conclr_vision_quarter ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${THREADS:-2}
 TRAINING=../shared/training

@@ -1,4 +1,4 @@
-"""The small GPU-path fixes of issue 35: TF32, the derived loader worker count, persistent evaluation workers,
+"""The small GPU-path fixes: TF32, the derived loader worker count, persistent evaluation workers,
 the gloo stop group made at setup with the run's timeout, CPU checkpoints, fp16 with a fused Adam refused, and
 `demo.py --cuda` without a number."""
 

@@ -188,7 +188,7 @@ def _yaml_of(config: Config) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
-ORT_TARGETS = {1: 2.0, 32: 1.5}  # issue 37: ONNX Runtime float32, full size, over official ABINet eager, by batch
+ORT_TARGETS = {1: 2.0, 32: 1.5}  # ONNX Runtime float32, full size, over official ABINet eager, by batch
 
 
 PROFILE_TOP = 5  # operator types listed by the profile; the rest are summed as 'other'

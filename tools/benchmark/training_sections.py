@@ -33,13 +33,13 @@ from tools.synth.vocabulary import make_vocabulary
 from training.builders import build_model, is_conclr
 from utils import CharsetMapper
 
-GPU_TARGET_IMG_S = 2500  # issue 16: ABINet-Vision full-size bf16 training on one H100
+GPU_TARGET_IMG_S = 2500  # target: ABINet-Vision full-size bf16 training on one H100
 
 
-RATIO_TARGET = {'cpu': 3.15, 'cuda': 3.1}  # ConCLR / ABINet step time (performance issue on CPU, issue 16 on GPU)
+RATIO_TARGET = {'cpu': 3.15, 'cuda': 3.1}  # ConCLR / ABINet step time (targets on the CPU and on a GPU)
 
 
-LOSS_AGREEMENT = 0.02  # issue 16: bf16 / fp16 final losses within 2 % of float32 after the same steps
+LOSS_AGREEMENT = 0.02  # target: bf16 / fp16 final losses within 2 % of float32 after the same steps
 
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: input and weight gradients)
@@ -195,7 +195,7 @@ def report_train_rows(s: Settings, report: Report, precision: str, result: Train
                         f'{params[tag]:,} params')
         target = (('>=', GPU_TARGET_IMG_S) if cuda_full and tag == 'abinet' and precision == 'bf16' else None)
         report.add(f'train.{tag}.img_s{suffix}', f'train {label} images/s [{precision}]', batch / times[tag],
-                   'img/s', target, note='issue 16 target: full size, bf16, one H100' if target else
+                   'img/s', target, note='target: full size, bf16, one H100' if target else
                    'original images (batch size) per second')
         if peaks[tag] is not None:
             report.add(f'train.{tag}.peak_gib{suffix}', f'train {label} peak GPU memory [{precision}]', peaks[tag],
@@ -365,7 +365,7 @@ def section_contrastive(s: Settings, report: Report, step: StepRef) -> None:
 
 
 def report_share(report: Report, step: StepRef) -> None:
-    """ConAug and the contrastive loss together, as a share of the ConCLR step (issue 16: < 2 %)."""
+    """ConAug and the contrastive loss together, as a share of the ConCLR step (target: < 2 %)."""
     metrics = report.metrics
     parts = [metrics.get('conaug.batch.vec_s'), metrics.get('clr.batch.vec_s')]
     share = None if None in parts else sum(parts) / step.step_s
@@ -392,7 +392,7 @@ def final_loss(s: Settings, name: str, precision: str, batch: int) -> float:
 
 def section_losses(s: Settings, report: Report) -> None:
     """6. The final training loss of each precision after the same steps from the same weights and batch, against
-    float32 (issue 16: bf16 and fp16 within 2 %). Needs more than one precision."""
+    float32 (target: bf16 and fp16 within 2 %). Needs more than one precision."""
     if len(s.precisions) < 2:
         return
     batch = min(s.batch, s.loss_batch)

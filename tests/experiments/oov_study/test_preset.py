@@ -10,7 +10,8 @@ from experiments.oov_study import cli, runs
 from experiments.oov_study.preset import ExperimentError, load_preset, set_nested
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = REPO / 'configs' / 'experiment_tiny.yaml'
+PRESETS = REPO / 'experiments' / 'oov_study' / 'configs'
+TINY = PRESETS / 'tiny.yaml'
 
 
 def _preset(tmp_path, **changes):
@@ -60,9 +61,9 @@ def test_the_fingerprint_follows_the_settings_not_the_file(tmp_path):
     assert load_preset(_preset(tmp_path, arms__conclr__seeds=[0, 1])).fingerprint() != load_preset(TINY).fingerprint()
 
 
-@pytest.mark.parametrize('name', ['experiment_tiny.yaml', 'experiment_cpu.yaml', 'experiment_gpu.yaml'])
+@pytest.mark.parametrize('name', ['tiny.yaml', 'cpu.yaml', 'gpu.yaml'])
 def test_presets_make_valid_project_configs(tmp_path, name):
-    preset = load_preset(REPO / 'configs' / name)
+    preset = load_preset(PRESETS / name)
     place = runs.RunPlace(tmp_path, tmp_path / 'train', (tmp_path / 'a', tmp_path / 'b'), (), (), frozenset(), 100)
     for arm in preset.arms:
         spec = runs.RunSpec(arm, 0, preset.steps, 300, preset.arm_tree(arm))
@@ -73,10 +74,10 @@ def test_presets_make_valid_project_configs(tmp_path, name):
         assert ('ConCLR' in config.model_name) == (arm != 'abinet')
         if arm == 'conaug':
             assert config.training_alpha == 0.0
-    if name != 'experiment_tiny.yaml':  # the design: seeds and a stronger contrastive arm
+    if name != 'tiny.yaml':  # the study's design: seeds and a stronger contrastive arm
         assert len(preset.arms['abinet'].seeds) >= 3 and len(preset.arms['conclr'].seeds) >= 3
         assert all(len(a.seeds) >= 2 for a in preset.arms.values())
         strong = [preset.arm_tree(a)['training'] for a in preset.arms if a.startswith('conclr_')]
         assert any(t['tau'] < 2 for t in strong)  # tau 2 caps each anchor's term within about 1 nat, any alpha
-        if name == 'experiment_gpu.yaml':
+        if name == 'gpu.yaml':
             assert any(t['alpha'] >= 1 for t in strong)

@@ -22,7 +22,7 @@ from runtime.checkpoint import PERIODIC, periodic_checkpoints, save_checkpoint
 from training import train
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = REPO / 'configs' / 'experiment_tiny.yaml'
+TINY = REPO / 'experiments' / 'oov_study' / 'configs' / 'tiny.yaml'
 CUTE80 = REPO / '..' / 'shared' / 'benchmarks' / 'CUTE80'  # 288 real images: the smallest benchmark
 HAS_CUTE80 = (CUTE80 / 'data.mdb').is_file()
 
@@ -535,7 +535,7 @@ def test_the_tsne_pair_waits_for_a_seed_with_both_checkpoints_here_and_is_drawn_
     assert json.loads((output / 'results.json').read_text())['figures'] == figures_drawn
 
 
-# ---------------------------------------------------------------- issue 39: superseded runs, more seeds
+# ---------------------------------------------------------------- superseded runs, more seeds
 
 
 def _run_bytes(output: Path) -> dict[str, bytes]:
