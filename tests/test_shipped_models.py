@@ -1,4 +1,4 @@
-"""The shipped checkpoints (checkpoints/*.pth): small, weights-only, the sha256 the README gives, and they read."""
+"""The shipped checkpoints (checkpoints/*.pth): small, weights-only, the sha256 docs/results.md gives, and they read."""
 
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ def shipped(name: str) -> tuple[Config, str]:
 
 
 @pytest.mark.parametrize('name', SHIPPED)
-def test_shipped_checkpoint_is_small_weights_only_and_matches_the_readme(name):
+def test_shipped_checkpoint_is_small_weights_only_and_matches_the_results_table(name):
     _, path = shipped(name)
     data = open(path, 'rb').read()
     assert len(data) <= MAX_BYTES
     state = load_checkpoint(path)  # weights_only=True
     assert state['opt'] is None
-    readme = (REPO_ROOT / 'README.md').read_text()
-    quoted = re.search(rf'{name}\.pth[^\n]*?([0-9a-f]{{64}})', readme)
-    assert quoted is not None, f'README gives no sha256 for {name}.pth'
+    results = (REPO_ROOT / 'docs' / 'results.md').read_text()
+    quoted = re.search(rf'{name}\.pth[^\n]*?([0-9a-f]{{64}})', results)
+    assert quoted is not None, f'docs/results.md gives no sha256 for {name}.pth'
     assert quoted.group(1) == hashlib.sha256(data).hexdigest()
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from callbacks.conaug import conaug
-from tools.benchmark import batches, checks, cli, inference_sections, report, settings, timing, training_sections
+from tools.benchmark import batches, checks, cli, inference_sections, settings, timing, training_sections
+from tools.benchmark.report import METRIC_KEYS, Report
 from utils import CharsetMapper
 
 MPL_FONT = os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data', 'fonts', 'ttf', 'DejaVuSans.ttf')
@@ -35,7 +36,7 @@ def test_checks_report_agreement():
 
 
 def test_report_verdicts():
-    r = report.Report()
+    r = Report()
     r.add('a', 'a', 3.0, 'x', ('<=', 3.15))
     r.add('b', 'b', 3.2, 'x', ('<=', 3.15))
     r.add('c', 'c', 0.02, 'frac', ('<', 0.02))
@@ -84,7 +85,7 @@ def test_quick_mode_reports_every_metric_with_the_verdict_its_value_earns(tmp_pa
     printed = capsys.readouterr().out.splitlines()
     doc = json.loads(out.read_text())
     metrics, rows = doc['metrics'], doc['rows']
-    assert set(report.METRIC_KEYS) <= set(metrics)
+    assert set(METRIC_KEYS) <= set(metrics)
     skips, has_ort = expected_skips()
     # SKIP exactly where a row was skipped, with its reason; every other row has a finite value
     assert {r['key'] for r in rows if r['status'] == 'SKIP'} == skips
