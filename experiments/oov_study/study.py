@@ -421,8 +421,9 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
     say = Progress(output)
     bench_dir = Path(preset.experiment['benchmark_dir'] or REPO_ROOT.parent / 'shared' / 'benchmarks')
     benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []
+    shown = output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output  # no machine folders in logs
     say(f'{"reporting" if report_only else "resuming" if resumed else "starting"} the study of {preset.path} in '
-        f'{output} on {device}'
+        f'{shown} on {device}'
         + ('' if benchmarks or not preset.experiment['benchmarks'] else f'; no benchmark LMDBs in {bench_dir}'))
     study = Study(preset, output, device, say, benchmarks, batch, deadline, train=not report_only)
     study.sweep()
@@ -430,6 +431,6 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
     if not report_only:
         study.draw_tsne()
     result = study.write()
-    say(f'wrote {output / "results.md"} and {output / "results.json"}' + (
+    say(f'wrote {shown / "results.md"} and {shown / "results.json"}' + (
         f'; {len(result["missing"])} run(s) left for the next invocation' if result['missing'] else ''))
     return result
