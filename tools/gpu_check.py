@@ -5,7 +5,7 @@
     bash tools/gpu_check.sh --dry-run             # the same code path on the CPU with tiny sizes (the test suite)
 
 Parts, in order: setup (environment; with --wheelhouse, installs what is missing, tools/wheelhouse.py),
-cuda_tests (pytest -m cuda), benchmark (tools/benchmark.py's GPU rows at full size, at the largest batch up to 384
+cuda_tests (pytest -m cuda), benchmark (tools.benchmark's GPU rows at full size, at the largest batch up to 384
 that the memory estimate says fits), train (a short full-size bf16 run of main.py on rendered data, with its loss
 curve) and study (experiments/oov_study with the gpu preset, cut to the time left; only when time is left).
 Everything lands in log/gpu/<card name>/: one folder per part with its output.log, and summary.md (plus
@@ -164,7 +164,7 @@ def cmd_cuda_tests(ctx: Context, limit_s: float) -> list[str]:
 
 
 def benchmark_args(dry_run: bool, output: Path) -> list[str]:
-    """tools/benchmark.py's arguments: full size on CUDA at the largest batch up to 384 that the memory estimate says
+    """tools.benchmark's arguments: full size on CUDA at the largest batch up to 384 that the memory estimate says
     fits the free memory (--fit_memory: chosen beforehand, no out-of-memory retries); the quick sizes on the CPU
     (dry run), through the same estimate."""
     if dry_run:

@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--onnx_batches', nargs='+', type=int, default=None,
                    help='batches of the onnx section (default 1 32; 1 4 with --quick)')
     p.add_argument('--official', default=None, help='a checkout of FangShancheng/ABINet: the onnx section times '
-                   'official ABINet-Vision eager beside ONNX Runtime at full size (tools/official_abinet.py loads it)')
+                   'official ABINet-Vision eager beside ONNX Runtime at full size (official.py loads it)')
     p.add_argument('--onnx_profile', action='store_true',
                    help="onnx section: ONNX Runtime's own profile of the float32 graph, each operator type's share")
     p.add_argument('--no_malloc_tune', action='store_true',

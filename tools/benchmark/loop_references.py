@@ -1,5 +1,5 @@
 """Plain loop references of the vectorised math, written from the spec one sample at a time: the tests compare
-the package against them and tools/benchmark.py times them."""
+the package against them and the benchmark times them."""
 
 from __future__ import annotations
 
