@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Train the two shipped quarter-width models (README "Shipped models") with the project's own commands, resumably:
-# call it again after an interruption and it continues where it stopped; on a fresh clone without the run's
-# periodic checkpoints it continues from the milestone kept in git (experiments/shipped_models/log/<model>_scene.milestone.pth, fresh
+# Train the two shipped quarter-width models (docs/results.md "Shipped models") with the project's own commands,
+# resumably: call it again after an interruption and it continues where it stopped; on a fresh clone without the
+# run's periodic checkpoints it continues from the milestone kept in git (log/<model>_scene.milestone.pth here, fresh
 # optimiser, short warm-up). ABINet-Vision goes through these stages first (the quick start starts from its
-# release), then ConCLR-Vision, each with two torch threads:
-#   1. render data/scene300k (once: 300,000 scene-style renders and 2,000 held-out ones) and train on it
-#      (experiments/shipped_models/configs/<model>_scene.yaml, ABINet's augmentation on);
-#   2. keep stage 1's best weights (by held-out render cwr) as experiments/shipped_models/log/<model>_scene/release.pth and test them
-#      on the held-out renders and every real benchmark in ../shared/benchmarks;
-#   3. fine-tune on ../shared/training (experiments/shipped_models/configs/<model>_scene_finetune.yaml), release the final weights as
-#      checkpoints/<model>.pth and test them the same way.
+# release), then ConCLR-Vision, each with two torch threads (paths below are relative to this folder):
+#   1. render data/scene300k at the repository root (once: 300,000 scene-style renders and 2,000 held-out ones) and
+#      train on it (configs/<model>_scene.yaml, ABINet's augmentation on);
+#   2. keep stage 1's best weights (by held-out render cwr) as log/<model>_scene/release.pth and test them on the
+#      held-out renders and every real benchmark in ../shared/benchmarks;
+#   3. fine-tune on ../shared/training (configs/<model>_scene_finetune.yaml), release the final weights as
+#      checkpoints/<model>.pth at the repository root and test them the same way.
 #   PYTHON=.venv/bin/python bash experiments/shipped_models/train.sh [abinet_vision_quarter|conclr_vision_quarter ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
