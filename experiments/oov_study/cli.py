@@ -1,7 +1,7 @@
 """Command line of the out-of-vocabulary study, `python -m experiments.oov_study` (README "Does ConCLR help?").
 
     python -m experiments.oov_study --preset experiments/oov_study/configs/cpu.yaml \
-        --output experiments/oov_study/log/ood_cpu
+        --output experiments/oov_study/log/cpu
 
 Run it again with the same preset and output to continue an interrupted study: finished runs are not trained
 again. A folder made by another preset is refused. `--hours` bounds one invocation (a time-limited job): runs that
