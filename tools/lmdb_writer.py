@@ -15,8 +15,6 @@ import lmdb
 import numpy as np
 
 INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file itself only grows as data is written
-
-
 COMMIT_EVERY = 1000
 
 

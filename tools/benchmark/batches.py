@@ -19,28 +19,16 @@ from training.builders import build_loss, is_conclr, optimizer_func
 from utils import CharsetMapper
 
 ABINET = 'modules.model_vision.BaseVision'
-
-
 CONCLR = 'modules.model_conclr.ConCLR_Vision'
-
-
 QUARTER_CONFIG = REPO_ROOT / 'configs' / 'quickstart_conclr_vision_model.yaml'
-
-
 # Config keys that fix the model's size and its training losses; a --config file contributes only these.
 MODEL_KEY_PREFIXES = ('model_vision_', 'model_projection_', 'dataset_image_', 'dataset_max_length',
                       'dataset_charset_path', 'optimizer_', 'training_tau', 'training_alpha', 'training_include_eos',
                       'conaug_side')
-
-
 MODEL_KEY_EXCLUDED = ('model_vision_loss_weight', 'model_vision_checkpoint')
-
-
 TINY = {'model_vision_d_model': 16, 'model_vision_nhead': 2, 'model_vision_d_inner': 32, 'model_vision_backbone_ln': 1,
         'model_vision_resnet_widths': [4, 4, 8, 8, 16], 'model_vision_resnet_layers': [1, 1, 1, 1, 1],
         'model_vision_attention_channels': 4, 'model_projection_channels': 8}
-
-
 SIZES = ('tiny', 'quarter', 'official')
 
 

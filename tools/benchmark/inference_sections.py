@@ -189,11 +189,7 @@ def _yaml_of(config: Config) -> str:
 
 
 ORT_TARGETS = {1: 2.0, 32: 1.5}  # ONNX Runtime float32, full size, over official ABINet eager, by batch
-
-
 PROFILE_TOP = 5  # operator types listed by the profile; the rest are summed as 'other'
-
-
 SIZE_LABELS = {'tiny': 'tiny', 'quarter': 'quarter width', 'official': 'full size'}
 
 

@@ -34,14 +34,8 @@ from training.builders import build_learner, build_model, is_conclr
 from utils import CharsetMapper
 
 LEARNER_OVERHEAD_TARGET = 3.0  # % : the fastai Learner's own cost per quarter-width step over the plain loop
-
-
 LEARNER_WEIGHT_AGREEMENT = 1e-5  # largest weight difference, Learner vs plain loop, after the same steps, no dropout
-
-
 LEARNER_LOSS_AGREEMENT = 1e-3  # relative difference of their last losses (a loose bound; equal in practice)
-
-
 LEARNER_CHECK_STEPS = 2  # steps of that comparison
 
 

@@ -27,8 +27,6 @@ METRIC_KEYS = (
 
 
 PRECISION_SECTIONS = ('train.', 'infer.', 'flops.matmul', 'loss.', 'loader.workers_needed')
-
-
 # Rows only a CUDA run has (per precision, with the suffix): peak memory and the data-sheet utilisation.
 CUDA_METRIC_KEYS = ('train.abinet.peak_gib', 'train.conclr.peak_gib', 'train.abinet.mfu_datasheet@bf16')
 

@@ -9,11 +9,7 @@ import torch
 from configuration import REPO_ROOT
 
 OFFICIAL_BATCH = 384  # the official training batch (dataset.train.batch_size in configs/template.yaml)
-
-
 REAL_LMDB = REPO_ROOT / '..' / 'shared' / 'benchmarks' / 'IIIT5k_3000'
-
-
 DEMO_SAMPLES = REPO_ROOT / '..' / 'shared' / 'samples' / 'abinet_demo'
 
 

@@ -34,17 +34,9 @@ from training.builders import build_model, is_conclr
 from utils import CharsetMapper
 
 GPU_TARGET_IMG_S = 2500  # target: ABINet-Vision full-size bf16 training on one H100
-
-
 RATIO_TARGET = {'cpu': 3.15, 'cuda': 3.1}  # ConCLR / ABINet step time (targets on the CPU and on a GPU)
-
-
 LOSS_AGREEMENT = 0.02  # target: bf16 / fp16 final losses within 2 % of float32 after the same steps
-
-
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: input and weight gradients)
-
-
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by a part of the device name.
 BF16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('GH200', 989.4),
                     ('H200 NVL', 835.0), ('H200', 989.4), ('A100', 312.0))

@@ -12,8 +12,6 @@ import numpy as np
 from PIL import ImageFont
 
 ALPHANUMERIC = string.ascii_letters + string.digits
-
-
 FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', os.path.expanduser('~/.fonts'))
 
 

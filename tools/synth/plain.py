@@ -11,8 +11,6 @@ from PIL import Image, ImageDraw
 from tools.synth.text_layer import line_extent, load_font
 
 MIN_CONTRAST = 90  # minimum luminance difference (0..255) between text and background
-
-
 LUMA = np.array([0.299, 0.587, 0.114])
 
 

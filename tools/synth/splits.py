@@ -19,21 +19,11 @@ from tools.synth.scene import SceneRenderer
 from tools.synth.vocabulary import apply_case
 
 CHUNK = 256  # renders per work unit; each unit has its own seed, so output does not depend on --workers
-
-
 # Set in each worker by _init_worker (and in the main process when --workers is 1).
 _VOCAB: list[str] = []
-
-
 _FONTS: list[str] = []
-
-
 _HEIGHT = 32
-
-
 _SCENE: SceneRenderer | None = None
-
-
 _CORPUS: Corpus | None = None
 
 
