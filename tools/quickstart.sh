@@ -12,10 +12,8 @@ if [ ! -f data/synth/train/data.mdb ] || [ ! -f data/synth/test/data.mdb ]; then
   python -m tools.render_synthetic --output data/synth --num_train 20000 --num_test 1000 --seed 0 --overwrite
 fi
 python main.py --config="$CONFIG"
-TEST_ROOTS=(data/synth/test)
-for name in IIIT5k_3000 SVT IC13_857 IC15_2077 SVTP CUTE80; do
-  if [ -f "../shared/benchmarks/$name/data.mdb" ]; then TEST_ROOTS+=("../shared/benchmarks/$name"); fi
-done
+source tools/benchmark_roots.sh
+TEST_ROOTS=(data/synth/test "${BENCHMARK_ROOTS[@]}")
 python main.py --config="$CONFIG" --phase test --checkpoint workdir/quickstart-conclr/best-quickstart-conclr.pth \
   --test_root "${TEST_ROOTS[@]}"
 echo "work directory: workdir/quickstart-conclr (train.txt, test.txt, test_results.csv, TensorBoard events," \

@@ -12,17 +12,14 @@ export OMP_NUM_THREADS=${THREADS:-2}
 if [ ! -f data/synth64k/train/data.mdb ] || [ ! -f data/synth64k/test/data.mdb ]; then
   "$PYTHON" -m tools.render_synthetic --output data/synth64k --num_train 64000 --num_test 1000 --seed 1 --overwrite
 fi
-BENCHMARKS=()
-for name in IIIT5k_3000 SVT IC13_857 IC15_2077 SVTP CUTE80; do
-  if [ -f "../shared/benchmarks/$name/data.mdb" ]; then BENCHMARKS+=("../shared/benchmarks/$name"); fi
-done
+source tools/benchmark_roots.sh
 for name in plain_aug scene_noaug scene_aug; do
   run=experiments/shipped_models/log/ablation/$name
   bash tools/run_resumable.sh "experiments/shipped_models/configs/ablation/$name.yaml" "$run"
   if [ ! -f "$run.test.stdout" ]; then
     data=$(dirname "$("$PYTHON" -c "from configuration import Config; print(Config('experiments/shipped_models/configs/ablation/$name.yaml').dataset_test_roots[0])")")
     "$PYTHON" main.py --config="experiments/shipped_models/configs/ablation/$name.yaml" --phase test --checkpoint "$run/best-$name.pth" \
-      --image_only --test_root "$data/test" "${BENCHMARKS[@]}" > "$run.test.stdout.tmp" 2>&1
+      --image_only --test_root "$data/test" "${BENCHMARK_ROOTS[@]}" > "$run.test.stdout.tmp" 2>&1
     mv "$run.test.stdout.tmp" "$run.test.stdout"
   fi
 done

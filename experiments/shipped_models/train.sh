@@ -22,10 +22,8 @@ if [ ! -f data/scene300k/train/data.mdb ] || [ ! -f data/scene300k/test/data.mdb
     --style scene --font_dirs data/render_assets/fonts --overwrite \
     --real_crops "$TRAINING/IIIT5k_train" "$TRAINING/SVT_train" "$TRAINING/IC15_train"
 fi
-TEST_ROOTS=(data/scene300k/test)
-for name in IIIT5k_3000 SVT IC13_857 IC15_2077 SVTP CUTE80; do
-  if [ -f "../shared/benchmarks/$name/data.mdb" ]; then TEST_ROOTS+=("../shared/benchmarks/$name"); fi
-done
+source tools/benchmark_roots.sh
+TEST_ROOTS=(data/scene300k/test "${BENCHMARK_ROOTS[@]}")
 
 newest_checkpoint() {  # the newest periodic checkpoint of a run folder
   ls -t "$1"/"$(basename "$1")"_*.pth | head -n 1
