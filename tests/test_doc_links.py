@@ -1,5 +1,5 @@
-"""Every relative link in README.md and docs/*.md points at a file that exists, and every #anchor at a heading of
-that file (GitHub's slugs: lower case, punctuation dropped, spaces to hyphens)."""
+"""Every relative link in README.md, docs/*.md and experiments/README.md points at a file that exists, and every
+#anchor at a heading of that file (GitHub's slugs: lower case, punctuation dropped, spaces to hyphens)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from configuration import REPO_ROOT
 
-DOCS = [REPO_ROOT / 'README.md', *sorted((REPO_ROOT / 'docs').glob('*.md'))]
+DOCS = [REPO_ROOT / 'README.md', *sorted((REPO_ROOT / 'docs').glob('*.md')), REPO_ROOT / 'experiments' / 'README.md']
 LINK = re.compile(r'(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)')
 
 
