@@ -170,6 +170,10 @@ def cleanup_distributed(failed: bool = False) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    if not failed:
+        # The ranks meet first: a rank destroying its group while a peer is still in its last collective or
+        # writing its checkpoint can abort in gloo's teardown and turn a finished run into a failed exit status.
+        dist.barrier(group=cpu_group())
     _CPU_GROUP.clear()
     abort = getattr(dist.distributed_c10d, '_abort_process_group', None)
     if failed and abort is not None:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass
 
 from configuration import REPO_ROOT
@@ -88,14 +89,28 @@ def _worker(target: str, args: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
+    from runtime.distributed import cleanup_distributed
+
     torch.set_num_threads(1)
     module_name, _, function_name = target.partition(':')
     function = getattr(importlib.import_module(module_name), function_name)
     dist.init_process_group('gloo', init_method='env://', timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S))
     try:
         function(dist.get_rank(), *args)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        cleanup_distributed(failed=True)
+        _exit(1)
+    cleanup_distributed()  # as main.py leaves: the ranks meet, then the group is destroyed
+    _exit(0)
+
+
+def _exit(status: int) -> None:
+    """Exit without interpreter finalisation: gloo's worker threads can abort the process there (SIGABRT,
+    "terminate called without an active exception") after the function under test has passed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == '__main__':
