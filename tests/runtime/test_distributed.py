@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,14 @@ from runtime.distributed import (
     DistEnv,
     ResumableDistributedSampler,
     ShardedBatchSampler,
+    cleanup_distributed,
     interleave,
     local_batch_size,
     setup_distributed,
     setup_rank_logger,
 )
 from tests.helpers import render_lmdb, tiny_config, write_config
-from tests.multiprocess import run_killable
+from tests.multiprocess import run_killable, run_ranks
 from training import loaders
 from training.builders import build_learner, build_model
 from training.train import DUMP_FINAL_STATE_ENV, FAIL_AT_ENV
@@ -129,6 +131,26 @@ def test_other_ranks_log_warnings_only(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'shown' in err and 'rank 1' in err and 'not shown' not in err
     assert not (tmp_path / 'train.txt').exists()
+
+
+def leaving_rank(rank: int, workdir: str) -> None:
+    """One of 2 processes: rank 0 reaches the end 2 s late; both write when they entered and left the cleanup."""
+    if rank == 0:
+        time.sleep(2.0)
+    entered = time.time()
+    cleanup_distributed()
+    Path(workdir, f'rank{rank}.txt').write_text(f'{entered} {time.time()}')
+
+
+def test_a_finished_rank_leaves_the_group_only_when_every_rank_has_finished(tmp_path):
+    """A rank that destroys its group while a peer is still at work can abort in gloo's teardown (seen as one rank
+    of a finished job exiting with SIGABRT), so the ranks meet before leaving: the early rank leaves after the
+    late rank arrived."""
+    job = run_ranks('tests.runtime.test_distributed:leaving_rank', 2, [str(tmp_path)], timeout=120)
+    assert job.returncodes == [0, 0], job.outputs
+    late_entered, _ = map(float, (tmp_path / 'rank0.txt').read_text().split())
+    _, early_left = map(float, (tmp_path / 'rank1.txt').read_text().split())
+    assert early_left >= late_entered
 
 
 @pytest.fixture(scope='module')
