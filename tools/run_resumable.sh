@@ -20,8 +20,11 @@ elif [ -n "$milestone" ] && [ -f "$milestone" ]; then
 fi
 echo "$name: starting ${resume[*]}"
 mkdir -p "$(dirname "$workdir")"
-if "$PYTHON" main.py --config="$config" "${resume[@]}" >> "$workdir.stdout" 2>&1; then
-  touch "$workdir/done" && echo "$name: finished"
-else
-  echo "$name: FAILED (see $workdir.stdout)"; exit 1
-fi
+status=0
+"$PYTHON" main.py --config="$config" "${resume[@]}" >> "$workdir.stdout" 2>&1 || status=$?
+case $status in
+  0) touch "$workdir/done" && echo "$name: finished" ;;
+  130|143) echo "$name: stopped by a signal, its checkpoint saved (see $workdir.stdout): the same command continues it"
+           exit "$status" ;;
+  *) echo "$name: FAILED (see $workdir.stdout)"; exit 1 ;;
+esac
