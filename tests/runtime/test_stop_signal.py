@@ -3,6 +3,7 @@ SIGINT / SIGTERM to the main process; the printed resume command."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shlex
@@ -10,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import runtime.stop_signal as stop_signal
 from runtime.stop_signal import Interrupted, StopSignal, launcher_prefix, resume_command
-from tests.helpers import free_port
+from tests.multiprocess import run_ranks
 
 
 @pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -87,30 +89,22 @@ def test_resume_command_replaces_the_resume_flag(given, monkeypatch):
     assert command[0] in ('python', sys.executable)
 
 
-def _agree_in_rank(rank: int, port: int, side_group: bool, results) -> None:
+def agreeing_rank(rank: int, workdir: str, side_group: str) -> None:
+    """One of 2 processes (run_ranks): asks whether to stop before and after only rank 1 got SIGTERM; dumps it."""
     import torch.distributed as dist
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
-    if side_group:  # as under NCCL: the flag goes through a gloo group of its own
+    if side_group == 'yes':  # as under NCCL: the flag goes through a gloo group of its own
         dist.get_backend = lambda group=None: 'nccl'
     stop = StopSignal()
     first = stop.agreed()  # nobody asked yet
     if rank == 1:
         stop.signum = signal.SIGTERM  # only rank 1 got the signal
     second = stop.agreed()
-    results.put((rank, first, second, stop.signum, stop.stopped))
-    dist.destroy_process_group()
+    Path(workdir, f'rank{rank}.json').write_text(json.dumps([rank, first, second, stop.signum, stop.stopped]))
 
 
-@pytest.mark.parametrize('side_group', [False, True], ids=['default-group', 'gloo-side-group'])
-def test_every_rank_agrees_to_stop_when_one_rank_got_the_signal(side_group):
-    context = multiprocessing.get_context('fork')
-    results = context.Queue()
-    port = free_port()
-    ranks = [context.Process(target=_agree_in_rank, args=(r, port, side_group, results)) for r in range(2)]
-    for p in ranks:
-        p.start()
-    got = sorted(results.get(timeout=60) for _ in ranks)
-    for p in ranks:
-        p.join(30)
-    assert [p.exitcode for p in ranks] == [0, 0]
-    assert got == [(0, False, True, signal.SIGTERM, True), (1, False, True, signal.SIGTERM, True)]
+@pytest.mark.parametrize('side_group', ['no', 'yes'], ids=['default-group', 'gloo-side-group'])
+def test_every_rank_agrees_to_stop_when_one_rank_got_the_signal(side_group, tmp_path):
+    job = run_ranks('tests.runtime.test_stop_signal:agreeing_rank', 2, [str(tmp_path), side_group], timeout=120)
+    assert not job.timed_out and job.returncodes == [0, 0], job.outputs
+    got = [json.loads(Path(tmp_path, f'rank{r}.json').read_text()) for r in range(2)]
+    assert got == [[0, False, True, signal.SIGTERM, True], [1, False, True, signal.SIGTERM, True]]
