@@ -15,7 +15,6 @@ import datetime
 import importlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 
 from configuration import REPO_ROOT
+from tests.helpers import free_port
 
 GROUP_TIMEOUT_S = 30  # a collective waiting longer than this raises in the worker (gloo's default is 30 min)
 
@@ -34,13 +34,6 @@ class Finished:
     returncodes: list[int]
     outputs: list[str]
     timed_out: bool
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _wait_all(procs: list[subprocess.Popen], logs: list, timeout: float) -> Finished:
