@@ -4,7 +4,9 @@
 
 The output is C.yaml with `model.checkpoint` set to the milestone, `training.start_iters` to the milestone's
 `iteration` (so the lr schedule, logging and the end of training keep their places) and a short lr warm-up from
-there (`optimizer.scheduler.warmup_iters`, counted from `training.start_iters`).
+there (`optimizer.scheduler.warmup_iters`, counted from `training.start_iters`). A milestone released with
+`tools.release_checkpoint --finished` has nothing to continue: no config is written and the exit status is 3
+(FINISHED), which tools/run_resumable.sh reads as a done run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import yaml
 
 from configuration import ConfigError, load_yaml
 from runtime.checkpoint import CheckpointError, load_checkpoint
+
+FINISHED = 3  # exit status: the milestone's run ran to its end
 
 
 def continue_config(config: dict, milestone: str, iteration: int, warmup_iters: int) -> dict:
@@ -41,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = load_checkpoint(args.milestone)
         if 'iteration' not in state:
             raise CheckpointError(f'{args.milestone} holds no iteration (release it with tools.release_checkpoint)')
+        if state.get('finished'):
+            print(f'{args.milestone}: its run finished (iteration {state["iteration"]}), nothing to continue')
+            return FINISHED
         config = continue_config(load_yaml(args.config), args.milestone, int(state['iteration']), args.warmup_iters)
     except (CheckpointError, ConfigError) as e:
         print(f'error: {e}', file=sys.stderr)

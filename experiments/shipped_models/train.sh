@@ -2,7 +2,8 @@
 # Train the two shipped quarter-width models (docs/results.md "Shipped models") with the project's own commands,
 # resumably: call it again after an interruption and it continues where it stopped; on a fresh clone without the
 # run's periodic checkpoints it continues from the milestone kept in git (log/<model>_scene.milestone.pth here, fresh
-# optimiser, short warm-up; a finished stage 1's milestone holds its best weights and goes straight to stage 2).
+# optimiser, short warm-up; a finished stage 1's milestone holds its best weights, released with --finished, and goes
+# straight to stage 2).
 # ABINet-Vision goes through these stages first (the quick start starts from its release), then ConCLR-Vision, each
 # with two torch threads (paths below are relative to this folder):
 #   1. render data/scene300k at the repository root (once: 300,000 scene-style renders and 2,000 held-out ones) and
