@@ -22,6 +22,7 @@ def milestone(path: Path, *flags: str) -> Path:
 
 
 def run_resumable(config: Path, workdir: Path, milestone_path: Path) -> subprocess.CompletedProcess:
+    """tools/run_resumable.sh run as a user would, with this interpreter as PYTHON."""
     return subprocess.run(['bash', str(SCRIPT), str(config), str(workdir), str(milestone_path)], text=True,
                           capture_output=True, env={**os.environ, 'PYTHON': sys.executable}, timeout=120)
 
@@ -43,7 +44,7 @@ def test_a_finished_milestone_is_a_done_run_and_trains_nothing(tmp_path):
     assert run_resumable(config, workdir, finished).stdout == 'run: done already\n'  # the second call: the marker
 
 
-def test_finished_survives_a_second_release_and_an_unfinished_milestone_is_continued(tmp_path, capsys):
+def test_finished_survives_a_second_release_and_an_unfinished_milestone_is_continued(tmp_path):
     again = tmp_path / 'again.pth'
     assert release_checkpoint.main(['--checkpoint', str(milestone(tmp_path / 'f.pth', '--finished')),
                                     '--output', str(again)]) == 0
