@@ -2,6 +2,10 @@
 
 import sys
 
-from experiments.oov_study.cli import main
+from runtime import quiet_start
+
+quiet_start.install()  # first: Ctrl-C during the slow imports ends in one line
+
+from experiments.oov_study.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -10,6 +10,8 @@ would not end in time are left for the next.
 
 from __future__ import annotations
 
+from runtime.quiet_start import ignore_stop_signals_at_exit
+
 import argparse
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from dataset import DatasetError
 from experiments.oov_study.preset import ExperimentError, load_preset
 from experiments.oov_study.study import run_study
 from runtime.checkpoint import CheckpointError
+from runtime.stop_signal import Interrupted, StopSignal, signal_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,9 +47,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def interrupt_line(e: Interrupted) -> str:
+    """The one line a stopped study prints: what stopped it, what was saved, and that the same command continues."""
+    saved = f'saved {e.checkpoint}' if e.checkpoint is not None else 'nothing of the current run was saved'
+    return f'{signal_name(e.signum)} stopped the study{e}; {saved}; run the same command again to continue'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one `error:` line on stderr and exit status 2."""
+    """Entry point; bad input ends with one `error:` line on stderr and exit status 2, SIGINT / SIGTERM with one
+    line and 130 / 143 (a training run saves a resumable checkpoint after its current step first)."""
     args = parse_args(argv)
+    stop = StopSignal()
     try:
         preset = load_preset(args.preset, args.iters)
         if args.no_benchmarks:
@@ -54,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
         if args.hours is not None and args.hours <= 0:
             raise ExperimentError(f'--hours must be positive, got {args.hours}')
-        run_study(preset, Path(args.output).resolve(), device, args.hours, args.report_only)
+        with stop.installed():
+            run_study(preset, Path(args.output).resolve(), device, args.hours, args.report_only, stop)
+    except Interrupted as e:
+        ignore_stop_signals_at_exit()  # the command is ending and says so once: more signals change nothing
+        print(interrupt_line(e), file=sys.stderr)
+        return e.exit_status
     except (ExperimentError, ConfigError, DatasetError, CheckpointError, FileNotFoundError, yaml.YAMLError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

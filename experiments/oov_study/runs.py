@@ -26,6 +26,7 @@ from experiments.oov_study.data import lexicon_split
 from experiments.oov_study.preset import ExperimentError, preset_value, set_nested
 from runtime.atomic_file import write_json_atomically
 from runtime.checkpoint import PERIODIC, load_checkpoint, periodic_checkpoints
+from runtime.stop_signal import StopSignal
 from training import testing, train
 from training.builders import build_model
 
@@ -155,15 +156,16 @@ def _drop_checkpoints(saved: Sequence[Path], final: Path, workdir: Path) -> None
 
 
 def train_and_evaluate(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device,
-                       resume: Path | None = None) -> dict[str, Any]:
+                       resume: Path | None = None, stop: StopSignal | None = None) -> dict[str, Any]:
     """Train one run (from `resume`, a periodic checkpoint of it, when given), evaluate its periodic checkpoints on
-    the curve subsets and its final one on every set."""
+    the curve subsets and its final one on every set. With `stop`, SIGINT / SIGTERM end training after the current
+    step with a resumable checkpoint (Interrupted)."""
     config_path = write_run_config(spec, place, experiment['curve_points'], experiment['decay_at'])
     config = Config(config_path)
     if resume is not None:
         config.training_resume = str(resume)
     start = time.perf_counter()
-    callback = train.train(config, device)
+    callback = train.train(config, device, stop=stop)
     wall = time.perf_counter() - start
     seconds, timed_steps = training_seconds(callback.timings)
     if callback.iteration != spec.steps or timed_steps != spec.steps:
@@ -238,7 +240,7 @@ def finished_run(output: Path, spec: RunSpec) -> dict[str, Any] | None:
 
 
 def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], device: torch.device,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[[str], None], stop: StopSignal | None = None) -> dict[str, Any]:
     """A finished run's cached results, or train and evaluate it: a half-done run continues from its newest
     periodic checkpoint (whose records hold the timings and evaluations so far); one without such a checkpoint starts
     over."""
@@ -249,11 +251,11 @@ def run_or_load(spec: RunSpec, place: RunPlace, experiment: dict[str, Any], devi
     saved = periodic_checkpoints(workdir, spec.run_id)
     if saved and load_checkpoint(saved[-1]).get('records') is not None:  # older checkpoints lack the timings
         say(f'resuming {spec.run_id} from {saved[-1].name} ({spec.steps} steps in all)')
-        record = train_and_evaluate(spec, place, experiment, device, resume=saved[-1])
+        record = train_and_evaluate(spec, place, experiment, device, resume=saved[-1], stop=stop)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
         say(f'training {spec.run_id} for {spec.steps} steps')
-        record = train_and_evaluate(spec, place, experiment, device)
+        record = train_and_evaluate(spec, place, experiment, device, stop=stop)
     record['finished'] = time.strftime('%Y-%m-%d %H:%M')
     workdir.mkdir(parents=True, exist_ok=True)
     write_json_atomically(workdir / RUN_FILE, record)

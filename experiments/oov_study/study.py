@@ -22,6 +22,7 @@ from experiments.oov_study import figures, report, runs, wall_clock
 from experiments.oov_study.data import SYNTHETIC_SETS, build_data, find_benchmarks, lmdb_digest, read_vocabulary
 from experiments.oov_study.preset import ExperimentError, Preset, definition_fingerprint
 from runtime.atomic_file import write_json_atomically, write_text_atomically
+from runtime.stop_signal import StopSignal
 from training.builders import build_model, is_conclr
 from utils import tune_malloc
 
@@ -128,8 +129,10 @@ class Study:
     """The runs of one preset in one output folder, trained (or loaded from the cache) in a fixed order."""
 
     def __init__(self, preset: Preset, output: Path, device: torch.device, say: Callable[[str], None],
-                 benchmarks: list[Path], batch: int, deadline: float | None = None, train: bool = True):
+                 benchmarks: list[Path], batch: int, deadline: float | None = None, train: bool = True,
+                 stop: StopSignal | None = None):
         self.preset, self.e, self.output, self.device, self.say = preset, preset.experiment, output, device, say
+        self.stop = stop  # the command's signal handlers: training stops at a step boundary
         self.benchmarks, self.batch = benchmarks, batch
         self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
         self.trained = 0  # runs trained (not read back) by this invocation
@@ -205,7 +208,7 @@ class Study:
             if not self.train or not self.fits(spec):
                 return None
             self.trained += 1
-            record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say)
+            record = runs.run_or_load(spec, self.place(spec.vocab_size), self.e, self.device, self.say, self.stop)
             self.records[spec.run_id] = record
             self.write()
         self.records[spec.run_id] = record
@@ -407,10 +410,11 @@ class Study:
 
 
 def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None,
-              report_only: bool = False) -> dict[str, Any]:
+              report_only: bool = False, stop: StopSignal | None = None) -> dict[str, Any]:
     """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json.
     With `hours`, only runs expected to end within that time are started; the others wait for the next call.
-    With `report_only`, nothing is trained or rendered: results.json and results.md from the finished runs."""
+    With `report_only`, nothing is trained or rendered: results.json and results.md from the finished runs. With
+    `stop` (installed signal handlers), SIGINT / SIGTERM end a training run after its current step (Interrupted)."""
     deadline = time.monotonic() + 3600 * hours if hours is not None else None
     if preset.experiment['torch_threads']:
         torch.set_num_threads(preset.experiment['torch_threads'])
@@ -425,7 +429,7 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
     say(f'{"reporting" if report_only else "resuming" if resumed else "starting"} the study of {preset.path} in '
         f'{shown} on {device}'
         + ('' if benchmarks or not preset.experiment['benchmarks'] else f'; no benchmark LMDBs in {bench_dir}'))
-    study = Study(preset, output, device, say, benchmarks, batch, deadline, train=not report_only)
+    study = Study(preset, output, device, say, benchmarks, batch, deadline, train=not report_only, stop=stop)
     study.sweep()
     study.ablation()
     if not report_only:

@@ -4,7 +4,10 @@ a folder of another preset is refused; results.json holds paths relative to the 
 
 import json
 import math
+import os
 import shutil
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,12 +16,14 @@ import matplotlib.image
 import pytest
 import torch
 import yaml
+from fastai.callback import Callback
 
 from experiments.oov_study import cli, figures, runs, wall_clock
 from experiments.oov_study.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS, lmdb_digest
 from experiments.oov_study.preset import load_preset
 from experiments.oov_study.study import Study
-from runtime.checkpoint import PERIODIC, periodic_checkpoints, save_checkpoint
+from runtime.checkpoint import PERIODIC, load_checkpoint, periodic_checkpoints, save_checkpoint
+from runtime.stop_signal import StopSignal
 from training import train
 
 REPO = Path(__file__).resolve().parents[3]
@@ -409,7 +414,7 @@ def test_a_run_cut_off_midway_continues_from_its_newest_checkpoint_with_records(
     save_checkpoint(workdir / f'{first}_0_8.pth', model, iteration=8, records={'timings': [], 'history': []})
     calls = []
 
-    def recording(spec, *args, resume=None):
+    def recording(spec, *args, resume=None, stop=None):
         calls.append((spec.run_id, resume))
         return _fake_record(spec, *args)
 
@@ -424,6 +429,44 @@ def test_a_run_cut_off_midway_continues_from_its_newest_checkpoint_with_records(
     calls.clear()
     assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
     assert calls == [(first, None)] and not (workdir / f'{first}_0_4.pth').exists()
+
+
+def test_ctrl_c_mid_step_ends_the_study_after_that_step_with_a_checkpoint_and_one_line(fake_preset, tmp_path,
+                                                                                       monkeypatch, capsys):
+    # SIGINT lands inside the third step's backward pass of the first (real) run: the step completes, the run saves
+    # a resumable checkpoint of step 3, and the command ends with one line and 130; the next invocation resumes it.
+    output = tmp_path / 'out'
+    real_fit = train.fit
+
+    class SignalInThirdStep(Callback):
+        steps = 0
+
+        def on_backward_end(self, **kwargs):
+            SignalInThirdStep.steps += 1
+            if SignalInThirdStep.steps == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here, mid-step
+
+    monkeypatch.setattr(train, 'fit', lambda config, learn, loaders, callbacks, *args: real_fit(
+        config, learn, loaders, [*callbacks, SignalInThirdStep()], *args))
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('SIGINT stopped the study at iteration 3; saved '), err
+    assert 'run the same command again to continue' in err[0]
+    saved = list((output / 'runs').glob('*/*.pth'))  # the run it cut short: one checkpoint, no record
+    assert len(saved) == 1 and str(saved[0]) in err[0] and load_checkpoint(saved[0])['iteration'] == 3
+    assert not list((output / 'runs').glob('*/run.json'))
+
+    calls = []
+
+    def recording(spec, *args, resume=None, stop=None):
+        calls.append((spec.run_id, resume, stop))
+        return _fake_record(spec, *args)
+
+    monkeypatch.setattr(runs, 'train_and_evaluate', recording)
+    assert cli.main(['--preset', str(fake_preset), '--output', str(output)]) == 0
+    assert calls[0][:2] == (saved[0].parent.name, saved[0])
+    assert all(isinstance(stop, StopSignal) for *_, stop in calls)  # every run can be stopped the same way
 
 
 # ---------------------------------------------------------------- a time limit per invocation
