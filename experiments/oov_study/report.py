@@ -79,23 +79,29 @@ def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], value: An
             'even': sum(v == 0 for v in finite)}
 
 
+def paired_cwr(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], sets: Sequence[str]) -> dict[str, Any]:
+    """Per-seed cwr differences b - a on every set and every IV - OOV gap (`paired` each)."""
+    return {**{name: paired(a, b, lambda r, n=name: set_value(r, n, 'cwr')) for name in sets},
+            **{f'gap_{oov}': paired(a, b, lambda r, o=oov: gap_value(r, o, 'cwr')) for oov in OOV_SETS}}
+
+
 def summarise(columns: dict[str, dict[int, dict[str, Any]]], sets: Sequence[str], baseline: str
               ) -> dict[str, Any]:
-    """For each column (arm -> {seed: record}): every set's cwr/ccr, every IV - OOV gap, and the per-seed
-    differences from the baseline column."""
+    """For each column (arm -> {seed: record}): every set's cwr/ccr, every IV - OOV gap, the per-seed differences
+    from the baseline column and, under `minus_arms`, from each earlier non-baseline column (ConCLR minus ConAug:
+    what the contrastive term adds to the augmentation)."""
     table: dict[str, Any] = {}
     for arm, records in columns.items():
         entry: dict[str, Any] = {'seeds': sorted(records), 'steps': sorted({r['steps'] for r in records.values()}),
-                                 'sets': {}, 'gaps': {}, 'minus_baseline': {}}
+                                 'sets': {}, 'gaps': {}, 'minus_baseline': {}, 'minus_arms': {}}
         for name in sets:
             entry['sets'][name] = {m: stat(records, lambda r, n=name, m=m: set_value(r, n, m)) for m in METRICS}
         for oov in OOV_SETS:
             entry['gaps'][oov] = {m: stat(records, lambda r, o=oov, m=m: gap_value(r, o, m)) for m in METRICS}
         if arm != baseline and baseline in columns:
-            base = columns[baseline]
-            entry['minus_baseline'] = {
-                **{name: paired(base, records, lambda r, n=name: set_value(r, n, 'cwr')) for name in sets},
-                **{f'gap_{oov}': paired(base, records, lambda r, o=oov: gap_value(r, o, 'cwr')) for oov in OOV_SETS}}
+            entry['minus_baseline'] = paired_cwr(columns[baseline], records, sets)
+            entry['minus_arms'] = {other: paired_cwr(columns[other], records, sets) for other in table
+                                   if other != baseline and set(columns[other]) & set(records)}
         table[arm] = entry
     return table
 
@@ -140,16 +146,24 @@ def metric_table(table: dict[str, Any], labels: dict[str, str], sets: Sequence[s
 def ablation_table(table: dict[str, Any], labels: dict[str, str], baseline: str) -> list[str]:
     """Per-seed differences from the baseline (cwr points, mean ± sd over the seeds both have), each with its
     95 % t interval and the seeds that went up / down."""
-    rows = ['iv', 'oov_words', 'oov_random', 'oov_chars']
-    lines = [f'| arm − {labels[baseline]} (paired seeds) | seeds | ' + ' | '.join(
-        f'{SET_LABELS[n]} cwr' for n in rows) + ' | gap IV − OOV-words | gap IV − OOV-random |',
-        '|---|---:|' + '---:|' * (len(rows) + 2)]
-    for arm, entry in table.items():
-        diff = entry['minus_baseline']
-        if not diff:
-            continue
-        cells = [diff[n] for n in rows] + [diff['gap_oov_words'], diff['gap_oov_random']]
-        lines.append(f'| {labels[arm]} | {len(diff["iv"]["values"])} | '
+    return paired_table([(labels[arm], labels[baseline], entry['minus_baseline']) for arm, entry in table.items()
+                         if entry['minus_baseline']])
+
+
+def between_arms_table(table: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The same per-seed differences between two non-baseline arms, each later arm minus each earlier one."""
+    return paired_table([(labels[arm], labels[other], diff) for arm, entry in table.items()
+                         for other, diff in entry.get('minus_arms', {}).items()])
+
+
+def paired_table(rows: Sequence[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    """A markdown table of paired differences, one row per (arm, minus arm, differences)."""
+    sets = ['iv', 'oov_words', 'oov_random', 'oov_chars']
+    lines = ['| difference (paired seeds) | seeds | ' + ' | '.join(f'{SET_LABELS[n]} cwr' for n in sets)
+             + ' | gap IV − OOV-words | gap IV − OOV-random |', '|---|---:|' + '---:|' * (len(sets) + 2)]
+    for arm, minus, diff in rows:
+        cells = [diff[n] for n in sets] + [diff['gap_oov_words'], diff['gap_oov_random']]
+        lines.append(f'| {arm} − {minus} | {len(diff["iv"]["values"])} | '
                      + ' | '.join(_paired_cell(c) for c in cells) + ' |')
     return lines
 
@@ -233,9 +247,15 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
         if key == 'same_steps':
             lines += ['### Ablation: each arm minus the baseline, seed by seed', '']
             lines += ablation_table(table, labels, result['experiment']['baseline'])
+            between = between_arms_table(table, labels)
+            if len(between) > 2:
+                lines += ['', '### Between arms: each arm minus an earlier one, seed by seed', '',
+                          'With a ConAug-only arm, ConCLR minus it is what the contrastive term adds to the '
+                          'augmentation.', '']
+                lines += between
             lines += ['', 'Each cell: mean ± sd of the per-seed differences (points), its 95 % interval [t with n − 1 '
                       'degrees of freedom: mean ± t(0.975, n − 1) · sd / √n; none with one seed], and how many seeds '
-                      'went up (↑) and down (↓).', '']
+                      'went up (↑) and down (↓), over the seeds both arms have.', '']
     return lines
 
 

@@ -84,10 +84,15 @@ def test_every_arm_and_set_has_numbers_that_match_its_runs(study):
     base = records[f'v{size}-abinet-s0']['final']
     assert table['conclr']['minus_baseline']['iv']['mean'] == pytest.approx(
         records[f'v{size}-conclr-s0']['final']['iv']['cwr'] - base['iv']['cwr'])
+    conaug = records[f'v{size}-conaug-s0']['final']
+    between = table['conclr']['minus_arms']['conaug']  # what the contrastive term adds to the augmentation
+    assert between['oov_words']['values'] == {'0': pytest.approx(
+        records[f'v{size}-conclr-s0']['final']['oov_words']['cwr'] - conaug['oov_words']['cwr'])}
+    assert table['conaug']['minus_arms'] == {} and table['abinet']['minus_arms'] == {}
     assert list(result['tables']['same_wall_clock']) == ['abinet_wall', 'conaug', 'conclr']
     text = (output / 'results.md').read_text()
     for heading in ('## Vocabulary-size sweep', '## Same number of optimiser steps', '## Same wall-clock',
-                    '### Ablation'):
+                    '### Ablation', '### Between arms'):
         assert text.count(heading) == 1, heading
     assert 'Partial report' not in text and 'nan' not in text.lower()
 
