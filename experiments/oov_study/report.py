@@ -282,12 +282,13 @@ def _runs_table(result: dict[str, Any]) -> list[str]:
     lines = ['## Runs', '', '| run | parameters | steps | training s | s/step | img/s | evaluation s | '
              'main.train wall s | CPU cores busy | training data | test sets |', '|---|' + '---:|' * 8 + '---|---|']
     superseded = result.get('superseded', {})
+    builds = {b['digest']: b['test_digests'] for b in result.get('data', {}).values() if b.get('test_digests')}
     for run_id, r in result['runs'].items():
         name = f'{run_id} (superseded by {superseded[run_id]})' if run_id in superseded else run_id
         lines.append(f'| {name} | {r["parameters"]:,} | {r["steps"]} | {r["train_seconds"]:.1f} | '
                      f'{r["seconds_per_step"]:.3f} | {r["images_per_second"]:.1f} | {r["test_seconds"]:.1f} | '
                      f'{_wall(r)} | {_busy(r)} | '
-                     f'{(r.get("data_digest") or "not recorded")[:12]} | {_test_digests(r)} |')
+                     f'{(r.get("data_digest") or "not recorded")[:12]} | {_test_digests(r, builds)} |')
     mixed = mixed_data(result['runs'])
     lines += ['', 'Training seconds are the sums of the training callback\'s timed windows (no evaluation, '
               'checkpoint saving or set-up); img/s counts original images (a ConCLR step also trains on two '
@@ -297,7 +298,11 @@ def _runs_table(result: dict[str, Any]) -> list[str]:
               'torch threads: well below the thread count means other jobs shared the CPU and its seconds are '
               'inflated. Training data = sha256 of the training renders (label and image bytes), so runs made on '
               'different machines can be checked to have seen the same images; test sets = the first 8 hex digits '
-              'of the sha256 of IV, OOV-words, OOV-random and OOV-unseen-characters (full digests in results.json).']
+              'of the sha256 of IV, OOV-words, OOV-random and OOV-unseen-characters (full digests in results.json). '
+              'A run that finished before runs recorded them says "not recorded"; where its training-data digest is '
+              'that of a build in this folder, the build\'s test-set digests follow in parentheses: the sets '
+              'rendered with its training data (inferred from the same seeded build, not recorded by the run; '
+              'results.json `data`).']
     if superseded:
         lines += ['', f'**Superseded: {", ".join(superseded)}** recorded no training-data digest (trained in an '
                   'earlier design of the study), so it cannot be shown to have seen these renders: it is listed here '
@@ -309,11 +314,14 @@ def _runs_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _test_digests(record: dict[str, Any]) -> str:
-    digests = record.get('test_digests')
-    if not digests:
-        return 'not recorded'
-    return ' '.join(digests[name][:8] for name in SYNTHETIC_SETS if name in digests)
+def _test_digests(record: dict[str, Any], builds: dict[str, dict[str, str]]) -> str:
+    def short(digests: dict[str, str]) -> str:
+        return ' '.join(digests[name][:8] for name in SYNTHETIC_SETS if name in digests)
+
+    if record.get('test_digests'):
+        return short(record['test_digests'])
+    build = builds.get(record.get('data_digest'))
+    return 'not recorded' + (f' (build: {short(build)})' if build else '')
 
 
 def markdown(result: dict[str, Any]) -> str:

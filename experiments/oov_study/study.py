@@ -114,6 +114,15 @@ def environment(device: torch.device) -> dict[str, Any]:
             'torch': torch.__version__, 'fastai': fastai.__version__, 'python': platform.python_version()}
 
 
+def data_builds(output: Path) -> dict[str, dict[str, Any]]:
+    """The digests of every rendered |V| in `output` ('v100' -> {'digest', 'test_digests'}), from its manifest."""
+    builds = {}
+    for path in sorted((output / 'data').glob('v*/manifest.json')):
+        manifest = json.loads(path.read_text(encoding='utf-8'))
+        builds[path.parent.name] = {'digest': manifest.get('digest'), 'test_digests': manifest.get('test_digests')}
+    return builds
+
+
 def choose_vocab_size(sweep: dict[str, Any], min_gap: float, min_iv: float) -> tuple[int, str]:
     """The largest swept |V| whose mean IV - OOV-words gap and IV cwr reach the thresholds; else the |V| of the
     largest gap. Returns (|V|, why)."""
@@ -139,11 +148,13 @@ class Study:
         self.train = train  # False: report only, from the finished runs
         self.superseded: dict[str, str] = {}  # run id of a run without a data digest -> its retrain's run id
         self.environment: dict[str, Any] | None = None  # report only: the environment of the runs' own report
+        self.builds: dict[str, Any] = {}  # report only: the data builds of that report (their data may be gone)
         self.order: list[str] = []  # report only: the run order of that report (a rewrite moves no run)
         old = output / 'results.json'
         if not train and old.is_file():
             written = json.loads(old.read_text(encoding='utf-8'))
             self.environment, self.order = written.get('environment'), list(written.get('runs', {}))
+            self.builds = written.get('data', {})
         self.places: dict[int, runs.RunPlace] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.vocab_size: int | None = self.e['vocab_size']
@@ -352,6 +363,7 @@ class Study:
                 'runs': {i: self.records[i] for i in [*self.order, *self.records] if i in self.records},
                 'superseded': dict(self.superseded),
                 'test_digests': {i: r.get('test_digests') for i, r in self.records.items()},
+                'data': {**self.builds, **data_builds(self.output)},
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
                 'wall_clock': wall_clock.saved_times(self.output),
                 'environment': self.environment or environment(self.device),

@@ -18,7 +18,7 @@ import torch
 import yaml
 from fastai.callback import Callback
 
-from experiments.oov_study import cli, figures, runs, wall_clock
+from experiments.oov_study import cli, figures, report, runs, wall_clock
 from experiments.oov_study.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS, lmdb_digest
 from experiments.oov_study.preset import load_preset
 from experiments.oov_study.study import Study
@@ -303,7 +303,22 @@ def test_every_run_records_the_digests_of_its_data_and_test_sets_and_results_jso
         assert record['data_digest'] == lmdb_digest(folder / 'train')
         assert record['test_digests'] == {n: lmdb_digest(folder / n) for n in SYNTHETIC_SETS}
         assert result['runs'][run_id]['test_digests'] == record['test_digests']
+        build = result['data'][f'v{record["spec"]["vocab_size"]}']
+        assert build == {'digest': record['data_digest'], 'test_digests': record['test_digests']}
     assert not result['superseded']
+
+
+def test_a_run_without_test_digests_shows_those_of_its_data_build_as_inferred(study):
+    _, output, result = study
+    run_id, record = next(iter(result['runs'].items()))
+    build = result['data'][f'v{record["spec"]["vocab_size"]}']['test_digests']
+    older = json.loads(json.dumps(result))
+    older['runs'][run_id]['test_digests'] = None  # as a run finished before runs recorded them
+    row = next(line for line in report.markdown(older).splitlines() if line.startswith(f'| {run_id} |'))
+    assert row.endswith(' | not recorded (build: ' + ' '.join(build[n][:8] for n in SYNTHETIC_SETS) + ') |')
+    older['runs'][run_id]['data_digest'] = '0' * 64  # another build: nothing to infer
+    row = next(line for line in report.markdown(older).splitlines() if line.startswith(f'| {run_id} |'))
+    assert row.endswith(' | not recorded |')
 
 
 def test_a_folder_of_another_preset_is_refused(study, tmp_path, capsys):
