@@ -42,6 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'within this many hours (going by the median finished run of the same arm or model; a run '
                         'with no such estimate only as the first); the others wait for the next invocation '
                         '(time-limited jobs)')
+    parser.add_argument('--retrain', nargs='+', default=[], metavar='RUN_ID', help='train these finished runs '
+                        'again, each as <run id>-r1: the old run stays in the log, counted in no table (for a run '
+                        'that recorded too little, e.g. no test-set digests); remembered in the folder\'s '
+                        'retrain.json')
     parser.add_argument('--report_only', action='store_true', help='train and render nothing: rewrite results.json '
                         'and results.md from the finished runs of --output')
     return parser.parse_args(argv)
@@ -66,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.hours is not None and args.hours <= 0:
             raise ExperimentError(f'--hours must be positive, got {args.hours}')
         with stop.installed():
-            run_study(preset, Path(args.output).resolve(), device, args.hours, args.report_only, stop)
+            run_study(preset, Path(args.output).resolve(), device, args.hours, args.report_only, stop, args.retrain)
     except Interrupted as e:
         ignore_stop_signals_at_exit()  # the command is ending and says so once: more signals change nothing
         print(interrupt_line(e), file=sys.stderr)

@@ -304,14 +304,26 @@ def _runs_table(result: dict[str, Any]) -> list[str]:
               'rendered with its training data (inferred from the same seeded build, not recorded by the run; '
               'results.json `data`).']
     if superseded:
-        lines += ['', f'**Superseded: {", ".join(superseded)}** recorded no training-data digest (trained in an '
-                  'earlier design of the study), so it cannot be shown to have seen these renders: it is listed here '
-                  'but counted in no table of the ablation (the vocabulary sweep still shows it until its retrain, '
-                  f'{", ".join(superseded.values())}, has finished).']
+        lines += ['', f'**Superseded: {", ".join(superseded)}**: listed above but counted in no table of the '
+                  'ablation; each one\'s retrain (run id ending -r1) stands for it (the vocabulary sweep still shows a '
+                  'superseded sweep run until its retrain has finished).', '']
+        lines += [_superseded_line(result, old, new) for old, new in superseded.items()]
     if mixed:
         lines += ['', f'**Warning: the runs of |V| = {", ".join(map(str, mixed))} trained on different renders** '
                   '(the machines rendering them had different fonts?): their comparison is confounded.']
     return lines
+
+
+def _superseded_line(result: dict[str, Any], old: str, new: str) -> str:
+    """One bullet: why `old` was superseded and, once its retrain has finished, the two runs' final numbers."""
+    why = result['superseded_why'][old]
+    line = f'- {old}: {why}. Retrain {new}:'
+    if new not in result['runs']:
+        return line + ' not finished yet.'
+    finals = [result['runs'][i]['final'] for i in (old, new)]
+    shown = ', '.join(f'{SET_LABELS[name]} {100 * finals[0][name]["cwr"]:.1f} -> {100 * finals[1][name]["cwr"]:.1f} %'
+                      for name in ('iv', 'oov_words') if all(name in f for f in finals))
+    return f'{line} final cwr (superseded -> retrain) {shown}.'
 
 
 def _test_digests(record: dict[str, Any], builds: dict[str, dict[str, str]]) -> str:

@@ -31,6 +31,7 @@ from training import testing, train
 from training.builders import build_model
 
 RUN_FILE = 'run.json'
+RETRAIN_FILE = 'retrain.json'  # in the output folder: {run id: why} of finished runs to be trained again
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,40 @@ def superseded(record: dict[str, Any]) -> bool:
     """Whether a finished run cannot be shown to have seen the study's data (no training-data digest): it stays in
     the log and the report but is never counted in the statistics; a retrain takes its place."""
     return not record.get('data_digest')
+
+
+def superseded_why(record: dict[str, Any], asked: dict[str, str]) -> str | None:
+    """Why a finished run is superseded (None when it is not): no training-data digest, or a retrain asked for
+    (`asked`: the output folder's retrain requests)."""
+    if superseded(record):
+        return 'recorded no training-data digest (trained in an earlier design of the study), so it cannot be ' \
+               'shown to have seen these renders'
+    return asked.get(record['run_id'])
+
+
+def retrain_requests(output: Path) -> dict[str, str]:
+    """{run id: why} of the finished runs in `output` asked to be trained again (`--retrain`)."""
+    path = output / RETRAIN_FILE
+    return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
+
+
+def ask_retrain(output: Path, run_ids: Sequence[str]) -> dict[str, str]:
+    """Record that these finished runs are to be trained again under run id <id>-r1 (each kept in the log, counted
+    nowhere); returns every request of the folder. An id that is no finished first run there is an ExperimentError."""
+    asked = retrain_requests(output)
+    for run_id in run_ids:
+        path = output / 'runs' / run_id / RUN_FILE
+        if not path.is_file():
+            raise ExperimentError(f'--retrain {run_id}: no finished run {run_id} in {output / "runs"}')
+        record = json.loads(path.read_text(encoding='utf-8'))
+        if record['spec'].get('retrain'):
+            raise ExperimentError(f'--retrain {run_id}: a retrain is not trained again (only a first run is)')
+        if run_id not in asked:
+            asked[run_id] = 'to be trained again on request (--retrain, ' + time.strftime('%Y-%m-%d') + ')' + (
+                '' if record.get('test_digests') else ': it recorded no test-set digests')
+    if run_ids:
+        write_json_atomically(output / RETRAIN_FILE, asked)
+    return asked
 
 
 @dataclass(frozen=True)

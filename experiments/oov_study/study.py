@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -146,7 +146,9 @@ class Study:
         self.deadline = deadline  # time.monotonic() by which every run this invocation starts should have ended
         self.trained = 0  # runs trained (not read back) by this invocation
         self.train = train  # False: report only, from the finished runs
-        self.superseded: dict[str, str] = {}  # run id of a run without a data digest -> its retrain's run id
+        self.superseded: dict[str, str] = {}  # run id of a superseded run -> its retrain's run id
+        self.superseded_why: dict[str, str] = {}  # run id of a superseded run -> why (runs.superseded_why)
+        self.asked = runs.retrain_requests(output)  # finished runs asked to be trained again (--retrain)
         self.environment: dict[str, Any] | None = None  # report only: the environment of the runs' own report
         self.builds: dict[str, Any] = {}  # report only: the data builds of that report (their data may be gone)
         self.order: list[str] = []  # report only: the run order of that report (a rewrite moves no run)
@@ -200,13 +202,16 @@ class Study:
         return False
 
     def cached(self, spec: runs.RunSpec) -> tuple[runs.RunSpec, dict[str, Any] | None]:
-        """The spec that stands for `spec` and its finished record (or None): a finished run without a data digest
-        is kept in the records, marked superseded, and its retrain (run id ending -r1) stands for it."""
+        """The spec that stands for `spec` and its finished record (or None): a finished run without a data digest,
+        or one asked to be trained again, is kept in the records, marked superseded, and its retrain (run id ending
+        -r1) stands for it."""
         record = runs.finished_run(self.output, spec)
-        if record is not None and runs.superseded(record) and not spec.retrain:
+        why = runs.superseded_why(record, self.asked) if record is not None and not spec.retrain else None
+        if why is not None:
             self.records[record['run_id']] = record
             spec = replace(spec, retrain=1)
             self.superseded[record['run_id']] = spec.run_id
+            self.superseded_why[record['run_id']] = why
             record = runs.finished_run(self.output, spec)
         return spec, record
 
@@ -329,7 +334,7 @@ class Study:
         found: dict[str, dict[int, dict[str, Any]]] = {}
         for record in self.records.values():
             spec = record['spec']
-            if spec['vocab_size'] == self.vocab_size and not runs.superseded(record):
+            if spec['vocab_size'] == self.vocab_size and runs.superseded_why(record, self.asked) is None:
                 name = spec['arm'] + ('_wall' if spec['kind'] == 'wall' else '')
                 found.setdefault(name, {})[spec['seed']] = record
         steps = {a: found[a] for a in self.preset.arms if a in found}
@@ -361,7 +366,7 @@ class Study:
                                                           'why': self.why},
                 'test_sets': sets, 'samples': samples, 'tables': tables,
                 'runs': {i: self.records[i] for i in [*self.order, *self.records] if i in self.records},
-                'superseded': dict(self.superseded),
+                'superseded': dict(self.superseded), 'superseded_why': dict(self.superseded_why),
                 'test_digests': {i: r.get('test_digests') for i, r in self.records.items()},
                 'data': {**self.builds, **data_builds(self.output)},
                 'complete': not missing, 'missing': missing, 'figures': self.figures(),
@@ -422,11 +427,13 @@ class Study:
 
 
 def run_study(preset: Preset, output: Path, device: torch.device, hours: float | None = None,
-              report_only: bool = False, stop: StopSignal | None = None) -> dict[str, Any]:
+              report_only: bool = False, stop: StopSignal | None = None,
+              retrain: Sequence[str] = ()) -> dict[str, Any]:
     """The whole study into `output` (resumed when it already holds this preset's runs); returns results.json.
     With `hours`, only runs expected to end within that time are started; the others wait for the next call.
     With `report_only`, nothing is trained or rendered: results.json and results.md from the finished runs. With
-    `stop` (installed signal handlers), SIGINT / SIGTERM end a training run after its current step (Interrupted)."""
+    `stop` (installed signal handlers), SIGINT / SIGTERM end a training run after its current step (Interrupted).
+    `retrain`: run ids of finished runs to train again (runs.ask_retrain; remembered in the folder)."""
     deadline = time.monotonic() + 3600 * hours if hours is not None else None
     if preset.experiment['torch_threads']:
         torch.set_num_threads(preset.experiment['torch_threads'])
@@ -434,6 +441,7 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
         raise ExperimentError(f'{output} holds no {STUDY_FILE}: nothing to report')
     batch = check_arms(preset, device)
     resumed = claim_folder(output, preset)
+    runs.ask_retrain(output, retrain)
     say = Progress(output)
     bench_dir = Path(preset.experiment['benchmark_dir'] or REPO_ROOT.parent / 'shared' / 'benchmarks')
     benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []

@@ -636,6 +636,49 @@ def test_a_run_without_a_data_digest_is_listed_superseded_never_counted_and_retr
     assert result['runs']['v12-abinet-s0-r1']['data_digest']
 
 
+def test_a_run_asked_to_retrain_is_kept_counted_nowhere_and_trained_again_once(fake_preset, tmp_path, monkeypatch,
+                                                                                capsys):
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    argv = ['--preset', str(fake_preset), '--output', str(output)]
+    assert cli.main(argv) == 0
+    old = output / 'runs' / 'v12-conaug-s1' / 'run.json'
+    record = json.loads(old.read_text())
+    del record['test_digests']  # as trained before runs recorded them
+    old.write_text(json.dumps(record))
+    before = _run_bytes(output)
+
+    capsys.readouterr()
+    assert cli.main(argv + ['--retrain', 'v12-conaug-s1', 'v12-conaug-s7']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'v12-conaug-s7' in err and 'no finished run' in err
+    assert not (output / runs.RETRAIN_FILE).exists()  # nothing asked when one id is wrong
+
+    trained.clear()
+    assert cli.main(argv + ['--report_only', '--retrain', 'v12-conaug-s1']) == 0
+    assert trained == [] and _run_bytes(output) == before
+    result = json.loads((output / 'results.json').read_text())
+    assert result['superseded'] == {'v12-conaug-s1': 'v12-conaug-s1-r1'}
+    assert 'no test-set digests' in result['superseded_why']['v12-conaug-s1']
+    assert result['tables']['same_steps']['conaug']['seeds'] == [0] and result['missing'] == ['v12-conaug-s1-r1']
+    assert 'Retrain v12-conaug-s1-r1: not finished yet' in (output / 'results.md').read_text()
+
+    assert cli.main(argv) == 0  # the request is remembered by the folder
+    assert trained == ['v12-conaug-s1-r1'] and old.read_bytes() == before['v12-conaug-s1']
+    result = json.loads((output / 'results.json').read_text())
+    first, again = (result['runs'][i]['final'] for i in ('v12-conaug-s1', 'v12-conaug-s1-r1'))
+    iv = result['tables']['same_steps']['conaug']['sets']['iv']['cwr']['values']
+    assert result['complete'] and iv == {'0': result['runs']['v12-conaug-s0']['final']['iv']['cwr'],
+                                         '1': again['iv']['cwr']}
+    assert (f'IV {100 * first["iv"]["cwr"]:.1f} -> {100 * again["iv"]["cwr"]:.1f} %, OOV-words '
+            f'{100 * first["oov_words"]["cwr"]:.1f} -> {100 * again["oov_words"]["cwr"]:.1f} %.') in \
+        (output / 'results.md').read_text()
+
+    assert cli.main(argv + ['--retrain', 'v12-conaug-s1-r1']) == 2
+    assert 'a retrain is not trained again' in capsys.readouterr().err
+    assert cli.main(argv) == 0 and trained == ['v12-conaug-s1-r1']  # nothing trained twice
+
+
 def test_a_preset_that_only_adds_seeds_reuses_the_finished_folder_and_plans_the_new_runs(
         fake_preset, tmp_path, monkeypatch, capsys):
     trained, _ = _record_training(monkeypatch)
