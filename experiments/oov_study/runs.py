@@ -94,7 +94,7 @@ def ask_retrain(output: Path, run_ids: Sequence[str]) -> dict[str, str]:
         if record['spec'].get('retrain'):
             raise ExperimentError(f'--retrain {run_id}: a retrain is not trained again (only a first run is)')
         if run_id not in asked:
-            asked[run_id] = 'to be trained again on request (--retrain, ' + time.strftime('%Y-%m-%d') + ')' + (
+            asked[run_id] = f'retrain asked for on {time.strftime("%Y-%m-%d")} (--retrain)' + (
                 '' if record.get('test_digests') else ': it recorded no test-set digests')
     if run_ids:
         write_json_atomically(output / RETRAIN_FILE, asked)
