@@ -22,6 +22,7 @@ from experiments.oov_study import figures, report, runs, wall_clock
 from experiments.oov_study.data import SYNTHETIC_SETS, build_data, find_benchmarks, lmdb_digest, read_vocabulary
 from experiments.oov_study.preset import ExperimentError, Preset, definition_fingerprint
 from runtime.atomic_file import write_json_atomically, write_text_atomically
+from runtime.run_lock import RunLock, RunLockError, describe_owner, live_owner
 from runtime.stop_signal import StopSignal
 from training.builders import build_model, is_conclr
 from utils import tune_malloc
@@ -441,8 +442,29 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
         raise ExperimentError(f'{output} holds no {STUDY_FILE}: nothing to report')
     batch = check_arms(preset, device)
     resumed = claim_folder(output, preset)
-    runs.ask_retrain(output, retrain)
-    say = Progress(output)
+    with own_folder(output) as lock:
+        runs.ask_retrain(output, retrain)
+        say = Progress(output)
+        if lock.taken_over:
+            say(lock.taken_over)
+        return _run_study(preset, output, device, deadline, report_only, stop, resumed, batch, say)
+
+
+def own_folder(output: Path) -> RunLock:
+    """Hold the study folder's lock (runtime.run_lock) for one invocation: a second invocation on the same folder
+    would train beside the first and overwrite its report, so it is refused in one line naming the first."""
+    try:
+        return RunLock.acquire(output)
+    except RunLockError:
+        owner = describe_owner(live_owner(output) or {})
+        raise ExperimentError(f'{output} is in use by another invocation of the study ({owner}): wait for it to end, '
+                              'or stop it (SIGINT or SIGTERM: it saves a checkpoint first) and run the command again'
+                              ) from None
+
+
+def _run_study(preset: Preset, output: Path, device: torch.device, deadline: float | None, report_only: bool,
+               stop: StopSignal | None, resumed: bool, batch: int, say: Progress) -> dict[str, Any]:
+    """run_study's work once the folder is held."""
     bench_dir = Path(preset.experiment['benchmark_dir'] or REPO_ROOT.parent / 'shared' / 'benchmarks')
     benchmarks = find_benchmarks(bench_dir) if preset.experiment['benchmarks'] else []
     shown = output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output  # no machine folders in logs

@@ -23,6 +23,7 @@ from experiments.oov_study.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS
 from experiments.oov_study.preset import load_preset
 from experiments.oov_study.study import Study
 from runtime.checkpoint import PERIODIC, load_checkpoint, periodic_checkpoints, save_checkpoint
+from runtime.run_lock import LOCK_NAME, RunLock
 from runtime.stop_signal import StopSignal
 from training import train
 
@@ -677,6 +678,25 @@ def test_a_run_asked_to_retrain_is_kept_counted_nowhere_and_trained_again_once(f
     assert cli.main(argv + ['--retrain', 'v12-conaug-s1-r1']) == 2
     assert 'a retrain is not trained again' in capsys.readouterr().err
     assert cli.main(argv) == 0 and trained == ['v12-conaug-s1-r1']  # nothing trained twice
+
+
+def test_a_second_invocation_on_a_folder_in_use_is_refused_in_one_line_and_changes_nothing(
+        fake_preset, tmp_path, monkeypatch, capsys):
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    argv = ['--preset', str(fake_preset), '--output', str(output)]
+    assert cli.main(argv) == 0
+    assert not (output / LOCK_NAME).exists()  # released at the end
+    before = {p: p.read_bytes() for p in output.rglob('*') if p.is_file()}
+
+    trained.clear()
+    capsys.readouterr()
+    with RunLock.acquire(output):  # a first invocation still running
+        assert cli.main(argv + ['--retrain', 'v12-conaug-s1']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'in use by another invocation of the study' in err and f'pid {os.getpid()}' in err
+    assert trained == [] and {p: p.read_bytes() for p in output.rglob('*') if p.is_file()} == before
+    assert cli.main(argv) == 0 and trained == []  # free again
 
 
 def test_a_preset_that_only_adds_seeds_reuses_the_finished_folder_and_plans_the_new_runs(
