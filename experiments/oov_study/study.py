@@ -22,7 +22,7 @@ from experiments.oov_study import figures, report, runs, wall_clock
 from experiments.oov_study.data import SYNTHETIC_SETS, build_data, find_benchmarks, lmdb_digest, read_vocabulary
 from experiments.oov_study.preset import ExperimentError, Preset, definition_fingerprint
 from runtime.atomic_file import write_json_atomically, write_text_atomically
-from runtime.run_lock import RunLock, RunLockError, describe_owner, live_owner
+from runtime.run_lock import LOCK_NAME, RunLock, RunLockError, describe_owner, live_owner
 from runtime.stop_signal import StopSignal
 from training.builders import build_model, is_conclr
 from utils import tune_malloc
@@ -58,7 +58,7 @@ def claim_folder(output: Path, preset: Preset) -> bool:
         # the same runs, other seed lists: finished runs are reused and the new seeds planned
         write_json_atomically(marker, {'preset': preset.path, 'fingerprint': preset.fingerprint(), **preset.tree})
         return True
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and any(p.name != LOCK_NAME for p in output.iterdir()):
         raise ExperimentError(f'{output} is not empty and holds no {STUDY_FILE}: give a new --output')
     output.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(preset.path, output / 'preset.yaml')
@@ -441,8 +441,8 @@ def run_study(preset: Preset, output: Path, device: torch.device, hours: float |
     if report_only and not (output / STUDY_FILE).is_file():
         raise ExperimentError(f'{output} holds no {STUDY_FILE}: nothing to report')
     batch = check_arms(preset, device)
-    resumed = claim_folder(output, preset)
     with own_folder(output) as lock:
+        resumed = claim_folder(output, preset)
         runs.ask_retrain(output, retrain)
         say = Progress(output)
         if lock.taken_over:

@@ -691,8 +691,12 @@ def test_a_second_invocation_on_a_folder_in_use_is_refused_in_one_line_and_chang
 
     trained.clear()
     capsys.readouterr()
+    preset = yaml.safe_load(fake_preset.read_text())
+    preset['arms']['abinet']['seeds'] = [0, 1, 2]  # would rewrite study.json
+    more = tmp_path / 'more.yaml'
+    more.write_text(yaml.safe_dump(preset))
     with RunLock.acquire(output):  # a first invocation still running
-        assert cli.main(argv + ['--retrain', 'v12-conaug-s1']) == 2
+        assert cli.main(['--preset', str(more), '--output', str(output), '--retrain', 'v12-conaug-s1']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'in use by another invocation of the study' in err and f'pid {os.getpid()}' in err
     assert trained == [] and {p: p.read_bytes() for p in output.rglob('*') if p.is_file()} == before
