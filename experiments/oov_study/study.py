@@ -172,6 +172,7 @@ class Study:
         if size not in self.places:
             folder = self.output / 'data' / f'v{size}'
             manifest = build_data(self.e, size, folder, self.say)
+            self.check_same_renders(size, folder, manifest)
             if self.e['train_images'] < self.batch:
                 raise ExperimentError(f'{self.e["train_images"]} training images are fewer than one batch')
             self.places[size] = runs.RunPlace(
@@ -181,6 +182,22 @@ class Study:
                 self.e['train_images'] // self.batch, manifest['digest'],
                 manifest.get('test_digests') or {n: lmdb_digest(folder / n) for n in SYNTHETIC_SETS})
         return self.places[size]
+
+    def check_same_renders(self, size: int, folder: Path, manifest: dict[str, Any]) -> None:
+        """Refuse renders of |V| = size other than those this folder's finished runs trained on: on another machine
+        (other fonts) the same seed renders other images, and runs trained on them would confound every comparison.
+        The new renders are removed, so a run after installing the fonts renders again."""
+        recorded = runs.trained_digests(runs.finished_runs(self.output), size)
+        if not recorded or manifest['digest'] in recorded:
+            return
+        shutil.rmtree(folder)
+        theirs = ', '.join(sorted(d[:12] for d in recorded))
+        fonts = manifest.get('fonts', '?')
+        raise ExperimentError(
+            f'the renders of |V| = {size} made here (sha256 {manifest["digest"][:12]}, {fonts} fonts) '
+            f'differ from those the finished runs in {self.output} trained on ({theirs}): this machine has other '
+            'fonts; install those of the first machine (bash tools/install_render_assets.sh) and run again '
+            f'(the new renders were removed from {folder})')
 
     def fits(self, spec: runs.RunSpec) -> bool:
         """Whether `spec` should end before the deadline: always without one; without an estimate only as this

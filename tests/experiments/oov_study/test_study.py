@@ -18,7 +18,7 @@ import torch
 import yaml
 from fastai.callback import Callback
 
-from experiments.oov_study import cli, figures, report, runs, wall_clock
+from experiments.oov_study import cli, data, figures, report, runs, wall_clock
 from experiments.oov_study.data import FULL_ALPHABET, SET_LABELS, SYNTHETIC_SETS, lmdb_digest
 from experiments.oov_study.preset import load_preset
 from experiments.oov_study.study import Study
@@ -701,6 +701,32 @@ def test_a_second_invocation_on_a_folder_in_use_is_refused_in_one_line_and_chang
     assert err.count('\n') == 1 and 'in use by another invocation of the study' in err and f'pid {os.getpid()}' in err
     assert trained == [] and {p: p.read_bytes() for p in output.rglob('*') if p.is_file()} == before
     assert cli.main(argv) == 0 and trained == []  # free again
+
+
+def test_renders_other_than_the_finished_runs_trained_on_are_refused_before_any_training(
+        fake_preset, tmp_path, monkeypatch, capsys):
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    argv = ['--preset', str(fake_preset), '--output', str(output)]
+    assert cli.main(argv) == 0
+    digest = json.loads((output / 'data' / 'v12' / 'manifest.json').read_text())['digest']
+    shutil.rmtree(output / 'runs' / 'v12-conaug-s1')  # one run still to train
+    shutil.rmtree(output / 'data')  # a fresh machine renders the data again
+    fonts = data.find_fonts()
+    monkeypatch.setattr(data, 'find_fonts', lambda: fonts[:1])  # a machine with fewer fonts
+    before = _run_bytes(output)
+
+    trained.clear()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'differ from those the finished runs' in err and digest[:12] in err
+    assert 'install_render_assets' in err and '1 fonts' in err
+    assert trained == [] and _run_bytes(output) == before and not (output / 'data' / 'v12').exists()
+
+    monkeypatch.setattr(data, 'find_fonts', lambda: fonts)  # the fonts installed: the same renders again
+    assert cli.main(argv) == 0 and trained == ['v12-conaug-s1']
+    assert json.loads((output / 'runs' / 'v12-conaug-s1' / 'run.json').read_text())['data_digest'] == digest
 
 
 def test_a_preset_that_only_adds_seeds_reuses_the_finished_folder_and_plans_the_new_runs(
