@@ -385,6 +385,15 @@ def _record_training(monkeypatch):
     return trained, fake
 
 
+def _finished_study(fake_preset, tmp_path, monkeypatch):
+    """A finished study with fake training: (the list training appends run ids to, output folder, its argv)."""
+    trained, _ = _record_training(monkeypatch)
+    output = tmp_path / 'study'
+    argv = ['--preset', str(fake_preset), '--output', str(output)]
+    assert cli.main(argv) == 0
+    return trained, output, argv
+
+
 def test_an_interrupted_study_resumes_without_redoing_finished_runs(fake_preset, tmp_path, monkeypatch):
     trained, fake = _record_training(monkeypatch)
     assert cli.main(['--preset', str(fake_preset), '--output', str(tmp_path / 'whole')]) == 0
@@ -639,10 +648,7 @@ def test_a_run_without_a_data_digest_is_listed_superseded_never_counted_and_retr
 
 def test_a_run_asked_to_retrain_is_kept_counted_nowhere_and_trained_again_once(fake_preset, tmp_path, monkeypatch,
                                                                                 capsys):
-    trained, _ = _record_training(monkeypatch)
-    output = tmp_path / 'study'
-    argv = ['--preset', str(fake_preset), '--output', str(output)]
-    assert cli.main(argv) == 0
+    trained, output, argv = _finished_study(fake_preset, tmp_path, monkeypatch)
     old = output / 'runs' / 'v12-conaug-s1' / 'run.json'
     record = json.loads(old.read_text())
     del record['test_digests']  # as trained before runs recorded them
@@ -682,10 +688,7 @@ def test_a_run_asked_to_retrain_is_kept_counted_nowhere_and_trained_again_once(f
 
 def test_a_second_invocation_on_a_folder_in_use_is_refused_in_one_line_and_changes_nothing(
         fake_preset, tmp_path, monkeypatch, capsys):
-    trained, _ = _record_training(monkeypatch)
-    output = tmp_path / 'study'
-    argv = ['--preset', str(fake_preset), '--output', str(output)]
-    assert cli.main(argv) == 0
+    trained, output, argv = _finished_study(fake_preset, tmp_path, monkeypatch)
     assert not (output / LOCK_NAME).exists()  # released at the end
     before = {p: p.read_bytes() for p in output.rglob('*') if p.is_file()}
 
@@ -705,10 +708,7 @@ def test_a_second_invocation_on_a_folder_in_use_is_refused_in_one_line_and_chang
 
 def test_renders_other_than_the_finished_runs_trained_on_are_refused_before_any_training(
         fake_preset, tmp_path, monkeypatch, capsys):
-    trained, _ = _record_training(monkeypatch)
-    output = tmp_path / 'study'
-    argv = ['--preset', str(fake_preset), '--output', str(output)]
-    assert cli.main(argv) == 0
+    trained, output, argv = _finished_study(fake_preset, tmp_path, monkeypatch)
     digest = json.loads((output / 'data' / 'v12' / 'manifest.json').read_text())['digest']
     shutil.rmtree(output / 'runs' / 'v12-conaug-s1')  # one run still to train
     shutil.rmtree(output / 'data')  # a fresh machine renders the data again
