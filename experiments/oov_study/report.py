@@ -7,7 +7,7 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from scipy import stats
 
@@ -259,13 +259,18 @@ def _sections(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return lines
 
 
-def mixed_data(runs: dict[str, dict[str, Any]]) -> list[int]:
-    """The |V| whose runs recorded more than one training-data digest (renders that differ between machines)."""
+def data_digests(records: Iterable[dict[str, Any]]) -> dict[int, set[str]]:
+    """|V| -> the training-data digests its runs recorded (none for runs made before runs recorded them)."""
     seen: dict[int, set[str]] = {}
-    for r in runs.values():
+    for r in records:
         if r.get('data_digest'):
             seen.setdefault(r['spec']['vocab_size'], set()).add(r['data_digest'])
-    return sorted(size for size, digests in seen.items() if len(digests) > 1)
+    return seen
+
+
+def mixed_data(runs: dict[str, dict[str, Any]]) -> list[int]:
+    """The |V| whose runs recorded more than one training-data digest (renders that differ between machines)."""
+    return sorted(size for size, digests in data_digests(runs.values()).items() if len(digests) > 1)
 
 
 def _busy(record: dict[str, Any]) -> str:

@@ -241,11 +241,6 @@ def finished_runs(output: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text(encoding='utf-8')) for p in sorted((output / 'runs').glob(f'*/{RUN_FILE}'))]
 
 
-def trained_digests(finished: Sequence[dict[str, Any]], vocab_size: int) -> set[str]:
-    """The training-data digests that the finished runs of |V| = vocab_size recorded (none for runs of older code)."""
-    return {r['data_digest'] for r in finished if r['spec']['vocab_size'] == vocab_size and r.get('data_digest')}
-
-
 def steps_done(output: Path, spec: RunSpec) -> int:
     """The iteration of a cut-off run's newest periodic checkpoint (where it would resume), else 0."""
     saved = periodic_checkpoints(output / 'runs' / spec.run_id, spec.run_id)

@@ -187,7 +187,7 @@ class Study:
         """Refuse renders of |V| = size other than those this folder's finished runs trained on: on another machine
         (other fonts) the same seed renders other images, and runs trained on them would confound every comparison.
         The new renders are removed, so a run after installing the fonts renders again."""
-        recorded = runs.trained_digests(runs.finished_runs(self.output), size)
+        recorded = report.data_digests(runs.finished_runs(self.output)).get(size)
         if not recorded or manifest['digest'] in recorded:
             return
         shutil.rmtree(folder)
